@@ -1,0 +1,57 @@
+"""kiemashup: an asyncio SDK for the Kie.ai Suno mashup API.
+
+Everything public is re-exported here; ``kiemashup.testing`` is imported on its own.
+"""
+
+from kiemashup._client import ClientClosedError, MashupClient
+from kiemashup._errors import (
+    APIError,
+    AuthenticationError,
+    CallbackRejected,
+    InsufficientCreditsError,
+    KieError,
+    Problem,
+    ProtocolError,
+    RateLimitError,
+    RequestValidationError,
+    ServerError,
+    ServiceUnavailableError,
+    SubmitOutcomeUnknown,
+    TaskFailedError,
+    TransportError,
+)
+from kiemashup._handle import TaskHandle
+from kiemashup._models import Model, Stage, TaskSnapshot, TaskStatus, Track, VocalGender
+from kiemashup._policy import PollPolicy, RateLimits, RetryPolicy, Timeouts
+from kiemashup._request import MashupRequest
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "CallbackRejected",
+    "ClientClosedError",
+    "InsufficientCreditsError",
+    "KieError",
+    "MashupClient",
+    "MashupRequest",
+    "Model",
+    "PollPolicy",
+    "Problem",
+    "ProtocolError",
+    "RateLimitError",
+    "RateLimits",
+    "RequestValidationError",
+    "RetryPolicy",
+    "ServerError",
+    "ServiceUnavailableError",
+    "Stage",
+    "SubmitOutcomeUnknown",
+    "TaskFailedError",
+    "TaskHandle",
+    "TaskSnapshot",
+    "TaskStatus",
+    "Timeouts",
+    "Track",
+    "TransportError",
+    "VocalGender",
+]

@@ -1,0 +1,222 @@
+"""``MashupClient``: where transport, scheduler, handles and the receiver meet."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import weakref
+from types import TracebackType
+from typing import Any, Protocol
+
+import aiohttp
+
+from kiemashup._errors import KieError
+from kiemashup._handle import Hooks, TaskHandle, TaskState
+from kiemashup._models import TaskSnapshot
+from kiemashup._policy import PollPolicy, RateLimits, RetryPolicy, Timeouts
+from kiemashup._request import MashupRequest
+from kiemashup._sansio import (
+    CREDITS_PATH,
+    PLACEHOLDER_CALLBACK_URL,
+    RECORD_INFO_PATH,
+    SUBMIT_PATH,
+    parse_credits,
+    parse_record_info,
+)
+from kiemashup._scheduler import PollScheduler
+from kiemashup._state import make_snapshot
+from kiemashup._transport import Transport
+
+
+class CallbackReceiver(Protocol):
+    """What the client needs of a receiver (the real one lives in ``_receiver``)."""
+
+    @property
+    def url(self) -> str: ...
+
+
+DEFAULT_BASE_URL = "https://api.kie.ai"
+DEFAULT_UPLOAD_BASE_URL = "https://kieai.redpandaai.co"
+
+
+class ClientClosedError(KieError):
+    """The client was closed while this call was waiting."""
+
+
+class MashupClient:
+    """An async client for Kie's Suno mashup API. Use it as ``async with MashupClient() as c``.
+
+    One aiohttp session serves the client's whole life (yours if you pass
+    ``session=``, closed only if the client made it). All waiting handles share one
+    poll scheduler, and all requests share the client-wide caps in ``rate_limits``.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        upload_base_url: str = DEFAULT_UPLOAD_BASE_URL,
+        callback_url: str | None = None,
+        receiver: CallbackReceiver | None = None,
+        webhook_hmac_key: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        poll_policy: PollPolicy | None = None,
+        retry_policy: RetryPolicy | None = None,
+        rate_limits: RateLimits | None = None,
+        timeouts: Timeouts | None = None,
+        rand: Any = None,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get("KIE_API_KEY")
+        if not key:
+            raise KieError("no API key: pass api_key= or set KIE_API_KEY")
+        self.base_url = (base_url or os.environ.get("KIE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.upload_base_url = upload_base_url.rstrip("/")
+        self.callback_url = callback_url
+        self.receiver = receiver
+        self._webhook_hmac_key = webhook_hmac_key
+        self.poll_policy = poll_policy or PollPolicy()
+        self.rate_limits = rate_limits or RateLimits()
+        rand = rand or random.random
+        self._transport = Transport(
+            api_key=key,
+            base_url=self.base_url,
+            session=session,
+            limits=self.rate_limits,
+            retry=retry_policy or RetryPolicy(),
+            timeouts=timeouts or Timeouts(),
+            rand=rand,
+        )
+        self._scheduler = PollScheduler(
+            self._fetch,
+            self.poll_policy,
+            max_in_flight=self.rate_limits.max_in_flight,
+            rand=rand,
+        )
+        self._hooks = Hooks(
+            fetch=self._fetch, watch=self._scheduler.watch, unwatch=self._scheduler.unwatch
+        )
+        self._states: weakref.WeakValueDictionary[str, TaskState] = weakref.WeakValueDictionary()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<MashupClient {self.base_url}>"
+
+    async def __aenter__(self) -> MashupClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop all polling, fail pending waits with ``ClientClosedError``, close the session."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._scheduler.aclose()
+        closed = ClientClosedError("the client was closed")
+        for state in list(self._states.values()):
+            state.fail_waiters(closed)
+        await self._transport.aclose()
+
+    # --- state ---------------------------------------------------------------------------------
+
+    @property
+    def requests_sent(self) -> int:
+        """How many HTTP requests this client has sent to the API (all kinds)."""
+        return self._transport.requests_sent
+
+    def _state(self, task_id: str) -> TaskState:
+        state = self._states.get(task_id)
+        if state is None:
+            state = TaskState(task_id, self._now())
+            self._states[task_id] = state
+        return state
+
+    def _now(self) -> float:
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:
+            return 0.0
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError("the client is closed")
+
+    async def _fetch(self, state: TaskState) -> TaskSnapshot:
+        # One place enforces Kie's per-task poll limit, for scheduled polls and refresh().
+        loop = asyncio.get_running_loop()
+        wait = state.last_poll + self.poll_policy.min_interval - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        state.last_poll = loop.time()
+        state.polls += 1
+        return await self._get_snapshot(state.task_id)
+
+    async def _get_snapshot(self, task_id: str) -> TaskSnapshot:
+        data = await self._transport.get(RECORD_INFO_PATH, {"taskId": task_id})
+        return parse_record_info(data, task_id=task_id)
+
+    # --- public calls --------------------------------------------------------------------------
+
+    def callback_url_for(self, request: MashupRequest) -> str:
+        """The ``callBackUrl`` a submit will send for ``request``."""
+        if request.callback_url is not None:
+            return request.callback_url
+        if self.receiver is not None:
+            return self.receiver.url
+        return self.callback_url or PLACEHOLDER_CALLBACK_URL
+
+    async def submit(self, request: MashupRequest) -> TaskHandle:
+        """Create a mashup task and return its handle (paced to Kie's creation limit).
+
+        Raises ``SubmitOutcomeUnknown`` if the request was sent but no reply came: the
+        task may exist, and it is never sent again behind your back.
+        """
+        self._check_open()
+        if not isinstance(request, MashupRequest):
+            raise TypeError(f"submit() takes a MashupRequest, not {type(request).__name__}")
+        url = self.callback_url_for(request)
+        if url != request.callback_url:
+            request = request.with_callback_url(url)
+        task_id = await self._transport.submit(SUBMIT_PATH, request.to_payload(), request)
+        state = self._state(task_id)
+        state.offer(make_snapshot(task_id, "PENDING", source="submit"))
+        return TaskHandle(state, self._hooks)
+
+    def task(self, task_id: str) -> TaskHandle:
+        """A handle for an existing task (no I/O); handles for one id share their state."""
+        self._check_open()
+        if not isinstance(task_id, str) or not task_id:
+            raise ValueError("task_id must be a non-empty string")
+        return TaskHandle(self._state(task_id), self._hooks)
+
+    async def get_task(self, task_id: str) -> TaskSnapshot:
+        """One record-info call: the task's snapshot now."""
+        self._check_open()
+        snapshot = await self._get_snapshot(task_id)
+        state = self._states.get(task_id)
+        if state is not None:
+            state.offer(snapshot)
+        return snapshot
+
+    async def credits(self) -> int:
+        """The account's remaining credits."""
+        self._check_open()
+        return parse_credits(await self._transport.get(CREDITS_PATH))
+
+    def feed(self, snapshot: TaskSnapshot) -> bool:
+        """Hand a snapshot parsed elsewhere (a callback) to the task's waiters. Never blocks.
+
+        Returns True when it moved a known task forward.
+        """
+        state = self._states.get(snapshot.task_id)
+        if state is None:
+            return False
+        return state.offer(snapshot)

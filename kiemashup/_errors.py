@@ -1,0 +1,133 @@
+"""Every error kiemashup raises. This module performs no I/O.
+
+```
+KieError
+├── RequestValidationError (also ValueError)   .problems
+├── TransportError        network failure or per-request timeout; __cause__ is the aiohttp error
+├── APIError              .code, .message, .http_status
+│   ├── AuthenticationError        401
+│   ├── InsufficientCreditsError   402
+│   ├── RateLimitError             429, .retry_after
+│   ├── ServiceUnavailableError    455
+│   └── ServerError                5xx
+├── ProtocolError         the API sent something that cannot be understood
+├── CallbackRejected      bad signature, bad JSON, oversized body  (.reason, .http_status)
+├── SubmitOutcomeUnknown  the submit may or may not have been created  (.request)
+└── TaskFailedError       .snapshot (status, error_code, error_message)
+```
+
+Every error carries its data as attributes. No message ever contains the API key:
+messages are built from codes and server text only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from kiemashup._models import TaskSnapshot
+
+
+class KieError(Exception):
+    """Base class of every kiemashup error."""
+
+
+@attrs.frozen(slots=True)
+class Problem:
+    """One broken request rule: the field, what the rule demands, and what was given."""
+
+    field: str
+    rule: str
+    actual: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.rule} (got {self.actual})"
+
+
+class RequestValidationError(KieError, ValueError):
+    """A request broke one or more rules; ``problems`` lists every one of them."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid mashup request ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class TransportError(KieError):
+    """The request never got a usable HTTP reply (connection failure or timeout)."""
+
+
+class APIError(KieError):
+    """Kie answered with an error code (in the HTTP status or the body ``code``)."""
+
+    def __init__(self, code: int, message: str, *, http_status: int = 200) -> None:
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+        super().__init__(f"Kie API error {code}: {message} (HTTP {http_status})")
+
+
+class AuthenticationError(APIError):
+    """401: the API key is missing, wrong or not allowed here."""
+
+
+class InsufficientCreditsError(APIError):
+    """402: the account has too few credits."""
+
+
+class RateLimitError(APIError):
+    """429: too many requests. ``retry_after`` is in seconds when Kie said so."""
+
+    def __init__(
+        self, code: int, message: str, *, http_status: int = 200, retry_after: float | None = None
+    ) -> None:
+        super().__init__(code, message, http_status=http_status)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailableError(APIError):
+    """455: Kie is in maintenance."""
+
+
+class ServerError(APIError):
+    """5xx: Kie failed on its side."""
+
+
+class ProtocolError(KieError):
+    """Kie sent something that cannot be understood (not JSON, wrong shape)."""
+
+
+class CallbackRejected(KieError):
+    """A callback delivery was refused: bad signature, bad JSON, oversized body."""
+
+    def __init__(self, reason: str, *, http_status: int = 400) -> None:
+        self.reason = reason
+        self.http_status = http_status
+        super().__init__(f"callback rejected: {reason}")
+
+
+class SubmitOutcomeUnknown(KieError):
+    """The submit was sent but no reply came: the task may or may not exist.
+
+    kiemashup never sends the same submit twice on its own, because a second
+    POST could cost credits twice. ``request`` is the request that was sent.
+    """
+
+    def __init__(self, request: object, reason: str) -> None:
+        self.request = request
+        self.reason = reason
+        super().__init__(f"submit outcome unknown ({reason}); not retried to avoid paying twice")
+
+
+class TaskFailedError(KieError):
+    """The task ended in a failure status; ``snapshot`` has the details."""
+
+    def __init__(self, snapshot: TaskSnapshot) -> None:
+        self.snapshot = snapshot
+        super().__init__(
+            f"task {snapshot.task_id} failed: {snapshot.status}"
+            f" (error {snapshot.error_code}: {snapshot.error_message})"
+        )

@@ -1,0 +1,159 @@
+"""Task handles: what callers await. Knows no aiohttp and no client.
+
+One ``TaskState`` exists per task id in a client; every ``TaskHandle`` for that id
+shares it, so two waiters on one task share its polls. A wait registers a future on
+the state and asks the client (through ``Hooks``) to keep the task polled while it
+waits; it starts no task of its own, so cancelling it leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import attrs
+
+from kiemashup._errors import TaskFailedError
+from kiemashup._models import Stage, TaskSnapshot
+from kiemashup._state import advance, reached
+
+
+class TaskState:
+    """The live view of one task: newest snapshot, waiters, and scheduling bookkeeping."""
+
+    __slots__ = (
+        "__weakref__",
+        "due",
+        "failures",
+        "first_seen",
+        "in_flight",
+        "last_callback",
+        "last_poll",
+        "latest",
+        "polls",
+        "task_id",
+        "waiters",
+        "watchers",
+    )
+
+    def __init__(self, task_id: str, now: float) -> None:
+        self.task_id = task_id
+        self.latest: TaskSnapshot | None = None
+        self.waiters: list[tuple[asyncio.Future[TaskSnapshot], Stage]] = []
+        self.watchers = 0
+        self.due: float | None = None  # when the scheduler plans the next poll
+        self.in_flight = False
+        self.failures = 0
+        self.first_seen = now
+        self.last_poll = float("-inf")
+        self.last_callback: float | None = None
+        self.polls = 0
+
+    def offer(self, snapshot: TaskSnapshot) -> bool:
+        """Take ``snapshot`` if it moves the task forward; wake whoever it satisfies."""
+        newer = advance(self.latest, snapshot)
+        if newer is None:
+            return False
+        self.latest = newer
+        if self.waiters:
+            self._wake()
+        return True
+
+    def fail_waiters(self, error: BaseException) -> None:
+        """Hand ``error`` to every current waiter (a poll failed in a way retrying cannot fix)."""
+        for future, _stage in self.waiters:
+            if not future.done():
+                future.set_exception(error)
+
+    def _wake(self) -> None:
+        latest = self.latest
+        assert latest is not None
+        for future, stage in self.waiters:
+            if future.done():
+                continue
+            if latest.failed:
+                future.set_exception(TaskFailedError(latest))
+            elif reached(latest, stage) or latest.is_terminal:
+                future.set_result(latest)
+
+
+@attrs.frozen
+class Hooks:
+    """What a handle needs from its client: one poll now, and interest on/off."""
+
+    fetch: Callable[[TaskState], Awaitable[TaskSnapshot]]
+    watch: Callable[[TaskState], None]
+    unwatch: Callable[[TaskState], None]
+
+
+class TaskHandle:
+    """The live object for one task: await stages, iterate updates, or poll once."""
+
+    __slots__ = ("_hooks", "_state")
+
+    def __init__(self, state: TaskState, hooks: Hooks) -> None:
+        self._state = state
+        self._hooks = hooks
+
+    def __repr__(self) -> str:
+        latest = self._state.latest
+        status = latest.status if latest is not None else "unknown"
+        return f"<TaskHandle {self._state.task_id} {status}>"
+
+    @property
+    def task_id(self) -> str:
+        return self._state.task_id
+
+    @property
+    def latest(self) -> TaskSnapshot | None:
+        """The newest known snapshot; never goes backwards."""
+        return self._state.latest
+
+    async def wait(self, stage: Stage = Stage.COMPLETE) -> TaskSnapshot:
+        """Return once the task reaches ``stage``; raise ``TaskFailedError`` if it fails.
+
+        Deadlines come from the caller (``async with asyncio.timeout(...)``).
+        """
+        state = self._state
+        latest = state.latest
+        if latest is not None:
+            if latest.failed:
+                raise TaskFailedError(latest)
+            if reached(latest, stage) or latest.is_terminal:
+                return latest
+        future: asyncio.Future[TaskSnapshot] = asyncio.get_running_loop().create_future()
+        entry = (future, stage)
+        state.waiters.append(entry)
+        self._hooks.watch(state)
+        try:
+            return await future
+        finally:
+            state.waiters.remove(entry)
+            self._hooks.unwatch(state)
+
+    async def updates(self) -> AsyncIterator[TaskSnapshot]:
+        """Yield one snapshot per stage reached, in order, ending at a terminal state.
+
+        A stage the task skipped is not invented: stages yielded strictly increase.
+        A failed task raises ``TaskFailedError`` after the stages it did reach.
+        """
+        last = Stage.PENDING
+        while True:
+            latest = self._state.latest
+            if latest is not None and latest.failed:
+                raise TaskFailedError(latest)
+            if latest is not None and (latest.stage > last or latest.is_terminal):
+                last = latest.stage
+                yield latest
+                if latest.is_terminal or last is Stage.COMPLETE:
+                    return
+                continue
+            await self.wait(Stage(last + 1))
+
+    async def refresh(self) -> TaskSnapshot:
+        """Poll once now and return the newest snapshot (which never goes backwards)."""
+        snapshot = await self._hooks.fetch(self._state)
+        self._state.offer(snapshot)
+        latest = self._state.latest
+        assert latest is not None
+        return latest

@@ -1,0 +1,104 @@
+"""The vocabulary of data: stages, statuses, models, tracks and snapshots.
+
+This module performs no I/O and knows no JSON key names: those belong to
+``_wire``. Everything here is immutable.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+
+
+class Model(enum.StrEnum):
+    """A Suno model accepted by the mashup endpoint; values equal the API strings."""
+
+    V4 = "V4"
+    V4_5 = "V4_5"
+    V4_5PLUS = "V4_5PLUS"
+    V4_5ALL = "V4_5ALL"
+    V5 = "V5"
+    V5_5 = "V5_5"
+
+
+class VocalGender(enum.StrEnum):
+    """Preferred vocal gender (custom mode only; a nudge, not a guarantee)."""
+
+    MALE = "m"
+    FEMALE = "f"
+
+
+class Stage(enum.IntEnum):
+    """How far a task has got. Ordered: PENDING < TEXT < FIRST < COMPLETE."""
+
+    PENDING = 0
+    TEXT = 1
+    FIRST = 2
+    COMPLETE = 3
+
+
+class TaskStatus(enum.StrEnum):
+    """The raw ``status`` values Kie documents. Unknown values are kept as plain strings."""
+
+    PENDING = "PENDING"
+    TEXT_SUCCESS = "TEXT_SUCCESS"
+    FIRST_SUCCESS = "FIRST_SUCCESS"
+    SUCCESS = "SUCCESS"
+    CREATE_TASK_FAILED = "CREATE_TASK_FAILED"
+    GENERATE_AUDIO_FAILED = "GENERATE_AUDIO_FAILED"
+    CALLBACK_EXCEPTION = "CALLBACK_EXCEPTION"
+    SENSITIVE_WORD_ERROR = "SENSITIVE_WORD_ERROR"
+
+
+@attrs.frozen(slots=True)
+class Track:
+    """One generated track. Every field is optional: Kie omits and empties fields freely.
+
+    ``audio_url`` is ``None`` until the track is playable (Kie sends ``""`` at
+    FIRST_SUCCESS for the second track).
+    """
+
+    id: str | None = None
+    audio_url: str | None = None
+    stream_audio_url: str | None = None
+    image_url: str | None = None
+    source_audio_url: str | None = None
+    source_stream_audio_url: str | None = None
+    source_image_url: str | None = None
+    prompt: str | None = None
+    model_name: str | None = None
+    title: str | None = None
+    tags: str | None = None
+    create_time: str | None = None
+    duration: float | None = None
+
+    @property
+    def playable(self) -> bool:
+        """True when the track has audio that can be downloaded."""
+        return bool(self.audio_url)
+
+
+@attrs.frozen(slots=True)
+class TaskSnapshot:
+    """An immutable view of one task at one moment, from a poll or a callback.
+
+    ``stage``, ``is_terminal`` and ``failed`` are derived from ``status`` and
+    ``tracks`` by the stage table in ``_state`` when the snapshot is built.
+    ``source`` says where it came from: ``"poll"``, ``"callback"`` or ``"submit"``.
+    """
+
+    task_id: str
+    status: TaskStatus | str
+    stage: Stage
+    tracks: tuple[Track, ...] = ()
+    error_code: int | None = None
+    error_message: str | None = None
+    is_terminal: bool = False
+    failed: bool = False
+    source: str = "poll"
+
+    @property
+    def playable_tracks(self) -> tuple[Track, ...]:
+        """The tracks that already have audio."""
+        return tuple(t for t in self.tracks if t.playable)

@@ -1,0 +1,223 @@
+"""The only module that uses the aiohttp client. Knows HTTP, not tasks.
+
+It owns (or borrows) one ``aiohttp.ClientSession``, applies the client-wide caps on
+request rate and requests in flight, translates aiohttp errors into ``TransportError``
+(``raise ... from``) and retries what is safe to retry. A submit costs credits, so it
+is retried only when the server certainly created nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+
+from kiemashup._errors import (
+    KieError,
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+    ServiceUnavailableError,
+    SubmitOutcomeUnknown,
+    TransportError,
+)
+from kiemashup._policy import RateLimits, RetryPolicy, Timeouts
+from kiemashup._sansio import SlidingWindow, parse_envelope, parse_submit, retry_delay
+
+USER_AGENT = "kiemashup/0.1 (+https://pypi.org/project/kiemashup)"
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class RequestFailed(TransportError):
+    """A TransportError that also says whether the request may have reached the server."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+def translate(exc: BaseException, what: str) -> RequestFailed:
+    """aiohttp/timeout errors -> ``RequestFailed``; ``sent`` is False only when provably unsent."""
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return RequestFailed(f"{what}: could not connect ({type(exc).__name__})", sent=False)
+    if isinstance(exc, TimeoutError):
+        return RequestFailed(f"{what}: timed out waiting for the reply", sent=True)
+    return RequestFailed(f"{what}: connection failed ({type(exc).__name__})", sent=True)
+
+
+class RateGate:
+    """Spaces requests at most ``rate`` per second, first come first served."""
+
+    __slots__ = ("_clock", "_interval", "_next", "_sleep")
+
+    def __init__(self, rate: float, clock: Callable[[], float], sleep: Sleep) -> None:
+        self._interval = 1.0 / rate
+        self._next = 0.0
+        self._clock = clock
+        self._sleep = sleep
+
+    async def acquire(self) -> None:
+        now = self._clock()
+        slot = max(now, self._next)
+        self._next = slot + self._interval
+        if slot > now:
+            await self._sleep(slot - now)
+
+
+RETRYABLE_READ = (
+    TransportError,
+    RateLimitError,
+    ServiceUnavailableError,
+    ServerError,
+    ProtocolError,
+)
+RETRYABLE_SUBMIT = (RateLimitError, ServiceUnavailableError)
+
+
+class Transport:
+    """HTTP for one client: auth, caps, retries and error translation."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str,
+        session: aiohttp.ClientSession | None,
+        limits: RateLimits,
+        retry: RetryPolicy,
+        timeouts: Timeouts,
+        sleep: Sleep = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._api_key = api_key
+        self.base_url = base_url.rstrip("/")
+        self._session = session
+        self._owns_session = session is None
+        self._limits = limits
+        self._retry = retry
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeouts.total, connect=timeouts.connect, sock_read=timeouts.read
+        )
+        self._sleep = sleep
+        self._rand = rand
+        self._wall_clock = wall_clock
+        self._in_flight = asyncio.Semaphore(limits.max_in_flight)
+        self._gate = RateGate(limits.requests_per_second, time.monotonic, sleep)
+        # A little slack over Kie's window: the server counts arrivals, we count sends.
+        self._submit_window = SlidingWindow(
+            limits.submits_per_window, limits.submit_window * 1.02 + 0.05
+        )
+        self.requests_sent = 0
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<Transport {self.base_url}>"
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self.closed:
+            raise KieError("the client is closed")
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._limits.connection_limit),
+                headers={"User-Agent": USER_AGENT},
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        self.closed = True
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}", "User-Agent": USER_AGENT}
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+    ) -> tuple[int, str | None, bytes]:
+        """One HTTP exchange under the client's caps: (status, Retry-After, body)."""
+        await self._gate.acquire()
+        async with self._in_flight:
+            self.requests_sent += 1
+            try:
+                async with self.session.request(
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    headers=self._headers(),
+                    timeout=self._timeout,
+                ) as resp:
+                    body = await resp.read()
+                    return resp.status, resp.headers.get("Retry-After"), body
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise translate(exc, f"{method} {url.split('?')[0]}") from exc
+
+    async def call(
+        self, method: str, url: str, *, params: Mapping[str, str] | None = None, json: Any = None
+    ) -> Any:
+        """One exchange, its envelope checked: the ``data`` or a typed error."""
+        status, retry_after, body = await self.send(method, url, params=params, json=json)
+        return parse_envelope(status, body, retry_after=retry_after, now=self._wall_clock())
+
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        """A GET that is safe to repeat: retried on transient failures, then raised."""
+        url = self.base_url + path
+        attempt = 1
+        while True:
+            try:
+                return await self.call("GET", url, params=params)
+            except RETRYABLE_READ as exc:
+                if attempt >= self._retry.attempts:
+                    raise
+                await self._sleep(retry_delay(exc, attempt, self._retry, self._rand()))
+                attempt += 1
+
+    async def pace_submit(self) -> None:
+        """Wait for a free slot in Kie's creation limit (reserving it)."""
+        now = time.monotonic()
+        delay = self._submit_window.delay(now)
+        self._submit_window.record(now + delay)
+        if delay > 0:
+            await self._sleep(delay)
+
+    async def submit(self, path: str, payload: dict[str, Any], request: object) -> str:
+        """POST a creation; retried only when the server certainly created nothing."""
+        url = self.base_url + path
+        attempt = 1
+        while True:
+            await self.pace_submit()
+            try:
+                status, retry_after, body = await self.send("POST", url, json=payload)
+            except RequestFailed as exc:
+                if exc.sent:
+                    raise SubmitOutcomeUnknown(request, str(exc)) from exc
+                error: Exception = exc
+            else:
+                try:
+                    data = parse_envelope(
+                        status, body, retry_after=retry_after, now=self._wall_clock()
+                    )
+                    return parse_submit(data)
+                except RETRYABLE_SUBMIT as exc:
+                    error = exc
+                except ProtocolError as exc:
+                    if status < 400:  # a 2xx reply we cannot read: the task may exist
+                        raise SubmitOutcomeUnknown(request, str(exc)) from exc
+                    raise
+            if attempt >= self._retry.attempts:
+                raise error
+            await self._sleep(retry_delay(error, attempt, self._retry, self._rand()))
+            attempt += 1

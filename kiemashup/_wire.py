@@ -1,0 +1,117 @@
+"""The one cattrs converter: JSON key names and leniency live here. This module performs no I/O.
+
+Kie mixes casings: record-info replies are camelCase, callbacks are snake_case with
+camelCase exceptions (``callbackType``, ``createTime``), and fields come and go. We
+normalise every incoming key to snake_case, then structure with one converter that
+ignores extra keys and treats absent, null and empty-string fields as missing.
+Outgoing request bodies are camelCase with Kie's own spellings (``callBackUrl``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn
+
+from kiemashup._errors import ProtocolError
+from kiemashup._models import Track
+
+# Outgoing renames where Kie's spelling is not plain camelCase of our field name.
+_OUTGOING_RENAMES = {"upload_urls": "uploadUrlList", "callback_url": "callBackUrl"}
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])([A-Z])")
+_snake_cache: dict[str, str] = {}
+
+
+def snake(key: str) -> str:
+    """``audioUrl`` -> ``audio_url``; snake_case keys pass through unchanged."""
+    cached = _snake_cache.get(key)
+    if cached is None:
+        cached = _CAMEL_BOUNDARY.sub(r"_\1", key).lower()
+        if len(_snake_cache) < 4096:  # bounded: keys come from the network
+            _snake_cache[key] = cached
+    return cached
+
+
+def camel(name: str) -> str:
+    """``style_weight`` -> ``styleWeight``, with Kie's exceptions."""
+    renamed = _OUTGOING_RENAMES.get(name)
+    if renamed is not None:
+        return renamed
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _lenient_str(value: Any, _type: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"expected a string, got {type(value).__name__}")
+
+
+def _lenient_float(value: Any, _type: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got bool")
+    return float(value)
+
+
+def make_converter() -> cattrs.Converter:
+    """The converter for Kie payloads; built once at import."""
+    conv = cattrs.Converter(forbid_extra_keys=False)
+    conv.register_structure_hook(str | None, _lenient_str)
+    conv.register_structure_hook(float | None, _lenient_float)
+    conv.register_structure_hook(Track, make_dict_structure_fn(Track, conv))
+    return conv
+
+
+CONVERTER = make_converter()
+_TRACK_FIELDS = frozenset(a.name for a in attrs.fields(Track))
+
+
+def structure_track(raw: object) -> Track:
+    """One track from a record-info ``sunoData`` item or a callback ``data.data`` item."""
+    if not isinstance(raw, Mapping):
+        raise ProtocolError(f"track entry is not an object: {type(raw).__name__}")
+    normalised = {}
+    for key, value in raw.items():
+        if isinstance(key, str):
+            name = snake(key)
+            if name in _TRACK_FIELDS:
+                normalised[name] = value
+    try:
+        return CONVERTER.structure(normalised, Track)
+    except Exception as exc:  # cattrs errors never escape this module
+        raise ProtocolError(f"track entry cannot be read: {exc}") from exc
+
+
+def structure_tracks(raw: object) -> tuple[Track, ...]:
+    """A list of tracks; null or missing means none."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ProtocolError(f"track list is not a list: {type(raw).__name__}")
+    return tuple(structure_track(item) for item in raw)
+
+
+def unstructure_request(request: attrs.AttrsInstance) -> dict[str, Any]:
+    """The camelCase JSON body for an attrs request object; ``None`` fields are omitted."""
+    body: dict[str, Any] = {}
+    for field in attrs.fields(type(request)):
+        value = getattr(request, field.name)
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            value = [CONVERTER.unstructure(v) for v in value]
+        else:
+            value = CONVERTER.unstructure(value)
+        body[camel(field.name)] = value
+    return body

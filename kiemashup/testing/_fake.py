@@ -1,0 +1,363 @@
+"""FakeKieServer: a real aiohttp server on loopback that speaks the Kie wire format.
+
+Every request goes through ``_serve``: it is recorded, matched against injected
+faults, checked for auth, then handed to the endpoint's handler. Endpoints are
+rows of ``_routes()``; adding one (uploads, say) means adding a row, a handler
+and its name in ``_faults.ENDPOINTS``. Task state lives in ``FakeTask`` and its
+JSON is rendered by the pure functions of ``_task`` (``callback_payload`` is
+ready for a future callback sender).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from kiemashup.testing._faults import Fault, FaultQueue
+from kiemashup.testing._schema import payload_problems
+from kiemashup.testing._task import (
+    FakeTask,
+    FakeTrack,
+    RecordedRequest,
+    audio_body,
+    count_in_window,
+    events_over_limit,
+    max_events_in_window,
+    record_info_data,
+)
+from kiemashup.testing._timeline import Timeline
+
+__all__ = ["FakeKieServer"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+POLLS_PER_SECOND = 3
+_SHUTDOWN_TIMEOUT = 1.0
+_REDACTED = "<redacted>"
+_CODE_MESSAGES = {
+    401: "You do not have access permissions",
+    402: "The current credits are insufficient. Please top up.",
+    404: "Not found",
+    422: "Validation error",
+    429: "rate limited",
+    451: "Failed to fetch the file",
+    455: "Service unavailable: maintenance",
+    500: "Server error",
+    501: "Generation failed",
+    503: "Service unavailable",
+    505: "Feature disabled",
+}
+
+
+def _envelope(
+    code: int,
+    msg: str | None = None,
+    data: object = None,
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    body = {"code": code, "msg": msg or _CODE_MESSAGES.get(code, "error"), "data": data}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _hang_up(request: web.Request) -> web.Response:
+    """Close the connection so the client gets no reply at all."""
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response()  # never sent: the transport is closing
+
+
+def _redact(headers: dict[str, str]) -> dict[str, str]:
+    return {k: _REDACTED if k.lower() == "authorization" else v for k, v in headers.items()}
+
+
+class FakeKieServer:
+    """A Kie API look-alike on ``host``:``port`` (``port=0`` picks a free one).
+
+    Use ``async with FakeKieServer() as server:`` and point a client at
+    ``server.url``. Tasks follow their ``Timeline``, taken in order from
+    ``script()``, else from ``timeline_for(payload)``, else ``default_timeline``.
+    Time is read from ``clock`` (default ``time.monotonic``).
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        default_timeline: Timeline | None = None,
+        credits: int = 1000,
+        credits_per_task: int = 12,
+        creation_limit: int = 20,
+        creation_window: float = 10.0,
+        enforce_rate_limits: bool = True,
+        audio_bytes: int = 32768,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.api_key = api_key
+        self.host = host
+        self.port = port
+        self.default_timeline = default_timeline or Timeline.success()
+        self.credits = credits
+        self.credits_per_task = credits_per_task
+        self.creation_limit = creation_limit
+        self.creation_window = creation_window
+        self.enforce_rate_limits = enforce_rate_limits
+        self.audio_bytes = audio_bytes
+        self.clock: Callable[[], float] = clock or time.monotonic
+        self.timeline_for: Callable[[dict[str, Any]], Timeline | None] | None = None
+        self.tasks: dict[str, FakeTask] = {}
+        self.requests: list[RecordedRequest] = []
+        self._script: deque[Timeline] = deque()
+        self._faults = FaultQueue()
+        self._creation_times: list[float] = []
+        self._creation_violations = 0
+        self._runner: web.AppRunner | None = None
+        self._url: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind and start serving; ``url`` is valid afterwards."""
+        if self._runner is not None:
+            raise RuntimeError("FakeKieServer is already started")
+        app = web.Application()
+        for method, path, endpoint, handler, auth in self._routes():
+            app.router.add_route(method, path, self._serve(endpoint, handler, auth=auth))
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        port = runner.addresses[0][1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self._url = f"http://{host}:{port}"
+
+    async def close(self) -> None:
+        """Stop serving and close every connection, idle keep-alive ones included."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> FakeKieServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def url(self) -> str:
+        """Base URL of the running server, e.g. ``http://127.0.0.1:54321``."""
+        if self._url is None:
+            raise RuntimeError("FakeKieServer is not started")
+        return self._url
+
+    # -- scripting ---------------------------------------------------------
+
+    def script(self, *timelines: Timeline) -> None:
+        """Use ``timelines``, in order, for the next tasks created."""
+        self._script.extend(timelines)
+
+    def inject(self, *faults: Fault) -> None:
+        """Add ``faults``; each request takes the oldest one matching its endpoint."""
+        self._faults.add(*faults)
+
+    # -- observation -------------------------------------------------------
+
+    @property
+    def creations(self) -> int:
+        """How many tasks were actually created."""
+        return len(self.tasks)
+
+    def count(self, endpoint: str) -> int:
+        """Requests received for ``endpoint`` ("submit", "record-info", "credits", "audio")."""
+        return sum(1 for request in self.requests if request.endpoint == endpoint)
+
+    def max_polls_per_second(self, task_id: str | None = None) -> int:
+        """Most record-info polls of one task in any sliding 1 s window."""
+        tasks = [self.tasks[task_id]] if task_id is not None else self.tasks.values()
+        return max((max_events_in_window(t.poll_times, 1.0) for t in tasks), default=0)
+
+    def poll_rate_violations(self) -> int:
+        """Polls that found more than 3 polls of their task in the last second."""
+        return sum(
+            events_over_limit(t.poll_times, 1.0, POLLS_PER_SECOND) for t in self.tasks.values()
+        )
+
+    def creation_rate_violations(self) -> int:
+        """Creation attempts beyond ``creation_limit`` in a sliding ``creation_window``."""
+        return self._creation_violations
+
+    # -- plumbing ----------------------------------------------------------
+
+    def _routes(self) -> list[tuple[str, str, str, Handler, bool]]:
+        """(method, path, endpoint name, handler, needs auth); the catch-all comes last."""
+        return [
+            ("POST", "/api/v1/generate/mashup", "submit", self._submit, True),
+            ("GET", "/api/v1/generate/record-info", "record-info", self._record_info, True),
+            ("GET", "/api/v1/chat/credit", "credits", self._credits, True),
+            ("GET", "/files/{task_id}/{name}", "audio", self._file, False),
+            ("*", "/{tail:.*}", "unknown", self._unknown, False),
+        ]
+
+    def _serve(self, endpoint: str, handler: Handler, *, auth: bool) -> Handler:
+        async def serve(request: web.Request) -> web.StreamResponse:
+            await self._record(request, endpoint)
+            fault = self._faults.take(endpoint) if endpoint != "unknown" else None
+            if fault is not None and fault.kind != "drop_after_create":
+                if fault.kind == "slow":
+                    await asyncio.sleep(fault.delay)
+                else:
+                    return _fault_response(fault, request)
+            if auth and not self._authorized(request):
+                return _envelope(401)
+            response = await handler(request)
+            if fault is not None:  # drop_after_create: the work is done, the reply is lost
+                return _hang_up(request)
+            return response
+
+        return serve
+
+    async def _record(self, request: web.Request, endpoint: str) -> None:
+        body: object | None = None
+        if request.body_exists and request.content_type.endswith("json"):
+            try:
+                body = json.loads(await request.read())
+            except ValueError:
+                body = None
+        self.requests.append(
+            RecordedRequest(
+                method=request.method,
+                path=request.path,
+                query=dict(request.query),
+                json=body,
+                headers=_redact(dict(request.headers)),
+                endpoint=endpoint,
+            )
+        )
+
+    def _authorized(self, request: web.Request) -> bool:
+        scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            return False
+        return self.api_key is None or key.strip() == self.api_key
+
+    def _choose_timeline(self, payload: dict[str, Any]) -> Timeline:
+        if self._script:
+            return self._script.popleft()
+        if self.timeline_for is not None:
+            chosen = self.timeline_for(payload)
+            if chosen is not None:
+                return chosen
+        return self.default_timeline
+
+    def _create(self, payload: dict[str, Any], now: float) -> FakeTask:
+        task_id = uuid.uuid4().hex
+        number = len(self.tasks) + 1
+        timeline = self._choose_timeline(payload)
+        create_time = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        tracks = tuple(
+            FakeTrack.build(
+                base_url=self.url,
+                task_id=task_id,
+                audio_id=str(uuid.uuid4()),
+                payload=payload,
+                number=number,
+                create_time=create_time,
+                index=index,
+            )
+            for index in range(timeline.tracks)
+        )
+        task = FakeTask(task_id, payload, now, timeline, tracks)
+        self.tasks[task_id] = task
+        self._creation_times.append(now)
+        self.credits -= self.credits_per_task
+        return task
+
+    # -- endpoints ---------------------------------------------------------
+
+    async def _submit(self, request: web.Request) -> web.StreamResponse:
+        try:
+            payload: object = json.loads(await request.read())
+        except ValueError:
+            return _envelope(422, "body: not valid JSON")
+        problems = payload_problems(payload)
+        if problems or not isinstance(payload, dict):
+            return _envelope(422, "; ".join(problems))
+        now = self.clock()
+        since = now - self.creation_window
+        if sum(1 for t in self._creation_times if t > since) >= self.creation_limit:
+            self._creation_violations += 1
+            if self.enforce_rate_limits:
+                return _envelope(429, status=429)
+        if self.credits < self.credits_per_task:
+            return _envelope(402)
+        task = self._create(payload, now)
+        return _envelope(200, "success", {"taskId": task.task_id})
+
+    async def _record_info(self, request: web.Request) -> web.StreamResponse:
+        task_id = request.query.get("taskId", "")
+        if not task_id:
+            return _envelope(422, "taskId: required")
+        task = self.tasks.get(task_id)
+        if task is None:
+            return _envelope(404, "task not found")
+        now = self.clock()
+        task.poll_times.append(now)
+        over = count_in_window(task.poll_times, len(task.poll_times) - 1, 1.0) > POLLS_PER_SECOND
+        if self.enforce_rate_limits and over:
+            return _envelope(429, status=429)
+        return _envelope(200, "success", record_info_data(task, task.status_at(now)))
+
+    async def _credits(self, request: web.Request) -> web.StreamResponse:
+        return _envelope(200, "success", self.credits)
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        task_id, name = request.match_info["task_id"], request.match_info["name"]
+        if task_id not in self.tasks:
+            return _envelope(404, "file not found", status=404)
+        content_type = "image/jpeg" if name.endswith(".jpeg") else "audio/mpeg"
+        body = audio_body(f"{task_id}/{name}", self.audio_bytes)
+        return web.Response(body=body, content_type=content_type)
+
+    async def _unknown(self, request: web.Request) -> web.StreamResponse:
+        return _envelope(404, f"no such endpoint: {request.method} {request.path}", status=404)
+
+
+def _fault_response(fault: Fault, request: web.Request) -> web.StreamResponse:
+    """The reply (or hang-up) for a fault that replaces normal handling."""
+    if fault.kind == "http_500":
+        return _envelope(500, status=500)
+    if fault.kind == "http_503":
+        return _envelope(503, status=503)
+    if fault.kind == "body_code":
+        assert fault.code is not None
+        return _envelope(fault.code)
+    if fault.kind == "rate_limit":
+        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
+        return _envelope(429, status=429, headers=headers)
+    if fault.kind == "maintenance":
+        return _envelope(455)
+    if fault.kind == "invalid_json":
+        return web.Response(text='{"code":200,"msg":', content_type="application/json")
+    return _hang_up(request)  # "reset"
