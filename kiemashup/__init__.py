@@ -23,11 +23,13 @@ from kiemashup._errors import (
 from kiemashup._handle import TaskHandle
 from kiemashup._models import Model, Stage, TaskSnapshot, TaskStatus, Track, VocalGender
 from kiemashup._policy import PollPolicy, RateLimits, RetryPolicy, Timeouts
+from kiemashup._receiver import CallbackReceiver, parse_callback
 from kiemashup._request import MashupRequest
 
 __all__ = [
     "APIError",
     "AuthenticationError",
+    "CallbackReceiver",
     "CallbackRejected",
     "ClientClosedError",
     "InsufficientCreditsError",
@@ -54,4 +56,5 @@ __all__ = [
     "Track",
     "TransportError",
     "VocalGender",
+    "parse_callback",
 ]

@@ -6,8 +6,9 @@ import asyncio
 import os
 import random
 import weakref
+from collections import OrderedDict
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 
@@ -15,6 +16,7 @@ from kiemashup._errors import KieError
 from kiemashup._handle import Hooks, TaskHandle, TaskState
 from kiemashup._models import TaskSnapshot
 from kiemashup._policy import PollPolicy, RateLimits, RetryPolicy, Timeouts
+from kiemashup._receiver import CallbackReceiver
 from kiemashup._request import MashupRequest
 from kiemashup._sansio import (
     CREDITS_PATH,
@@ -28,16 +30,10 @@ from kiemashup._scheduler import PollScheduler
 from kiemashup._state import make_snapshot
 from kiemashup._transport import Transport
 
-
-class CallbackReceiver(Protocol):
-    """What the client needs of a receiver (the real one lives in ``_receiver``)."""
-
-    @property
-    def url(self) -> str: ...
-
-
 DEFAULT_BASE_URL = "https://api.kie.ai"
 DEFAULT_UPLOAD_BASE_URL = "https://kieai.redpandaai.co"
+EARLY_MAX = 10_000  # callbacks kept for unknown task ids, at most
+EARLY_TTL = 600.0  # seconds such a callback is kept
 
 
 class ClientClosedError(KieError):
@@ -66,6 +62,7 @@ class MashupClient:
         retry_policy: RetryPolicy | None = None,
         rate_limits: RateLimits | None = None,
         timeouts: Timeouts | None = None,
+        confirm_callbacks: bool = True,
         rand: Any = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("KIE_API_KEY")
@@ -99,6 +96,12 @@ class MashupClient:
         )
         self._states: weakref.WeakValueDictionary[str, TaskState] = weakref.WeakValueDictionary()
         self._closed = False
+        # Callbacks are trusted only once a poll confirms a final one (the signature
+        # does not cover the body, KIE-API.md §3.3).
+        self.confirm_callbacks = confirm_callbacks
+        # Callbacks for tasks we do not know yet (one can beat submit()'s reply).
+        self._early: OrderedDict[str, tuple[float, list[TaskSnapshot]]] = OrderedDict()
+        self._unsubscribe = receiver.subscribe(self.feed) if receiver is not None else None
 
     def __repr__(self) -> str:
         return f"<MashupClient {self.base_url}>"
@@ -119,6 +122,8 @@ class MashupClient:
         if self._closed:
             return
         self._closed = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         await self._scheduler.aclose()
         closed = ClientClosedError("the client was closed")
         for state in list(self._states.values()):
@@ -188,6 +193,9 @@ class MashupClient:
         task_id = await self._transport.submit(SUBMIT_PATH, request.to_payload(), request)
         state = self._state(task_id)
         state.offer(make_snapshot(task_id, "PENDING", source="submit"))
+        if url != PLACEHOLDER_CALLBACK_URL:
+            state.last_callback = self._now()  # callbacks expected: poll only as a safety net
+        self._drain_early(state)
         return TaskHandle(state, self._hooks)
 
     def task(self, task_id: str) -> TaskHandle:
@@ -195,7 +203,9 @@ class MashupClient:
         self._check_open()
         if not isinstance(task_id, str) or not task_id:
             raise ValueError("task_id must be a non-empty string")
-        return TaskHandle(self._state(task_id), self._hooks)
+        state = self._state(task_id)
+        self._drain_early(state)
+        return TaskHandle(state, self._hooks)
 
     async def get_task(self, task_id: str) -> TaskSnapshot:
         """One record-info call: the task's snapshot now."""
@@ -212,11 +222,50 @@ class MashupClient:
         return parse_credits(await self._transport.get(CREDITS_PATH))
 
     def feed(self, snapshot: TaskSnapshot) -> bool:
-        """Hand a snapshot parsed elsewhere (a callback) to the task's waiters. Never blocks.
+        """Hand a callback's snapshot (parsed elsewhere) to the task's waiters. Never blocks.
 
-        Returns True when it moved a known task forward.
+        A final (complete or error) callback is confirmed by one record-info poll before
+        it resolves a wait, unless ``confirm_callbacks=False``. A callback for a task
+        this client does not know yet is kept for a while, so one that arrives before
+        ``submit()`` returns is not lost. Returns True when it moved a task forward.
         """
         state = self._states.get(snapshot.task_id)
         if state is None:
+            self._keep_early(snapshot)
             return False
-        return state.offer(snapshot)
+        return self._accept_callback(state, snapshot)
+
+    def _accept_callback(self, state: TaskState, snapshot: TaskSnapshot) -> bool:
+        if self._closed:
+            return False
+        latest = state.latest
+        if latest is not None and latest.is_terminal:
+            return False  # duplicates and late deliveries change nothing
+        if snapshot.is_terminal and self.confirm_callbacks:
+            # Until the poll agrees, poll at the normal cadence rather than as a safety net.
+            state.last_callback = None
+            self._scheduler.poll_now(state)
+            return False
+        state.last_callback = self._now()
+        moved = state.offer(snapshot)
+        self._scheduler.replan(state)
+        return moved
+
+    def _keep_early(self, snapshot: TaskSnapshot) -> None:
+        now = self._now()
+        early = self._early
+        while early and (
+            len(early) >= EARLY_MAX or next(iter(early.values()))[0] < now - EARLY_TTL
+        ):
+            early.popitem(last=False)
+        entry = early.get(snapshot.task_id)
+        if entry is None:
+            early[snapshot.task_id] = (now, [snapshot])
+        elif len(entry[1]) < 8:
+            entry[1].append(snapshot)
+
+    def _drain_early(self, state: TaskState) -> None:
+        entry = self._early.pop(state.task_id, None)
+        if entry is not None and entry[0] >= self._now() - EARLY_TTL:
+            for snapshot in entry[1]:
+                self._accept_callback(state, snapshot)

@@ -23,6 +23,7 @@ class TaskState:
 
     __slots__ = (
         "__weakref__",
+        "confirm",
         "due",
         "failures",
         "first_seen",
@@ -48,6 +49,7 @@ class TaskState:
         self.last_poll = float("-inf")
         self.last_callback: float | None = None
         self.polls = 0
+        self.confirm = False  # a final callback awaits its confirming poll
 
     def offer(self, snapshot: TaskSnapshot) -> bool:
         """Take ``snapshot`` if it moves the task forward; wake whoever it satisfies."""

@@ -29,8 +29,9 @@ class PollPolicy:
     Each interval is multiplied by a random factor in ``1 ± jitter`` so that
     thousands of tasks submitted together do not poll in lock-step. No task is
     ever polled more often than every ``min_interval`` seconds (Kie allows 3/s).
-    While callbacks arrive on time, polling drops to ``safety_net`` (a task
-    whose callback is overdue by ``callback_grace`` returns to normal polling).
+    While callbacks are expected (the client has a receiver or a callback URL),
+    a task is polled only once no callback has come for ``callback_grace``
+    seconds; an overdue task returns to normal polling until callbacks resume.
     A poll that fails after its retries backs off up to ``outage_maximum``.
     """
 
@@ -40,8 +41,7 @@ class PollPolicy:
     after_first: float = attrs.field(default=5.0, validator=_positive)
     jitter: float = attrs.field(default=0.1, validator=_non_negative)
     min_interval: float = attrs.field(default=0.34, validator=_positive)
-    safety_net: float = attrs.field(default=60.0, validator=_positive)
-    callback_grace: float = attrs.field(default=120.0, validator=_positive)
+    callback_grace: float = attrs.field(default=150.0, validator=_positive)
     outage_maximum: float = attrs.field(default=30.0, validator=_positive)
 
 

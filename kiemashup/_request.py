@@ -73,7 +73,10 @@ def _describe(value: object) -> str:
 def is_http_url(value: object) -> bool:
     if not isinstance(value, str):
         return False
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. "http://[::1": a broken URL is a problem to report, not a crash
+        return False
     return parts.scheme in ("http", "https") and bool(parts.netloc) and " " not in value
 
 

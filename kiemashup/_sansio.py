@@ -130,7 +130,7 @@ def _optional_int(value: Any) -> int | None:
         return None
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON Infinity
         return None
 
 
@@ -285,7 +285,7 @@ def parse_callback_at(
 
 def backoff_delay(attempt: int, policy: RetryPolicy, rand: float) -> float:
     """Full-jitter capped exponential backoff before retry number ``attempt`` (1-based)."""
-    ceiling = min(policy.cap, policy.base * 2.0 ** (attempt - 1))
+    ceiling = min(policy.cap, policy.base * 2.0 ** min(attempt - 1, 64))  # no float overflow
     return float(ceiling * rand)
 
 

@@ -92,9 +92,8 @@ class PollScheduler:
             stage = state.latest.stage if state.latest is not None else Stage.PENDING
             delay = poll_interval(stage, now - state.first_seen, policy, rand)
             if state.last_callback is not None:
-                # Callbacks flow: poll only as a safety net, unless the next one is overdue.
-                overdue_at = state.last_callback + policy.callback_grace
-                delay = max(delay, min(policy.safety_net, overdue_at - now))
+                # Callbacks flow: the next poll is only a safety net for when one is overdue.
+                delay = max(delay, state.last_callback + policy.callback_grace - now)
         # Never more often than Kie's per-task limit allows.
         return max(delay, state.last_poll + policy.min_interval - now)
 
@@ -114,6 +113,12 @@ class PollScheduler:
         """Re-plan ``state`` after news from elsewhere (a callback) changed its cadence."""
         if state.watchers > 0 and not state.in_flight and not self.closed:
             self._plan(state, self.next_delay(state))
+
+    def poll_now(self, state: TaskState) -> None:
+        """Poll ``state`` as soon as the caps allow, waiters or not (a callback's confirmation)."""
+        state.confirm = True
+        if not state.in_flight and not self.closed:
+            self._plan(state, max(0.0, state.last_poll + self.policy.min_interval - self.now()))
 
     def _wake_runner(self) -> None:
         wakeup = self._wakeup
@@ -135,7 +140,8 @@ class PollScheduler:
                 await self._sleep_until(due)
                 continue
             heapq.heappop(heap)
-            if state.due != due or state.watchers <= 0 or state.in_flight:
+            wanted = state.watchers > 0 or state.confirm
+            if state.due != due or not wanted or state.in_flight:
                 if state.due == due:
                     state.due = None
                 continue  # stale entry, or nobody waits any more
@@ -161,6 +167,7 @@ class PollScheduler:
                 timer.cancel()
 
     async def _poll(self, state: TaskState) -> None:
+        state.confirm = False
         try:
             snapshot = await self._fetch(state)
         except TRANSIENT:
@@ -178,8 +185,9 @@ class PollScheduler:
             self._slots.release()
             state.in_flight = False
         latest = state.latest
-        if state.watchers > 0 and not self.closed and not (latest and latest.is_terminal):
-            self._plan(state, self.next_delay(state))
+        wanted = state.watchers > 0 or state.confirm
+        if wanted and not self.closed and not (latest and latest.is_terminal):
+            self._plan(state, 0.0 if state.confirm else self.next_delay(state))
 
     def _report(self, state: TaskState, error: BaseException) -> None:
         if self._on_poll_error is not None:

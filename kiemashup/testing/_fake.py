@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from kiemashup.testing._faults import Fault, FaultQueue
+from kiemashup.testing._replies import envelope, fault_response, hang_up, redact
 from kiemashup.testing._schema import payload_problems
 from kiemashup.testing._task import (
     FakeTask,
@@ -42,43 +43,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 POLLS_PER_SECOND = 3
 _SHUTDOWN_TIMEOUT = 1.0
-_REDACTED = "<redacted>"
-_CODE_MESSAGES = {
-    401: "You do not have access permissions",
-    402: "The current credits are insufficient. Please top up.",
-    404: "Not found",
-    422: "Validation error",
-    429: "rate limited",
-    451: "Failed to fetch the file",
-    455: "Service unavailable: maintenance",
-    500: "Server error",
-    501: "Generation failed",
-    503: "Service unavailable",
-    505: "Feature disabled",
-}
-
-
-def _envelope(
-    code: int,
-    msg: str | None = None,
-    data: object = None,
-    *,
-    status: int = 200,
-    headers: dict[str, str] | None = None,
-) -> web.Response:
-    body = {"code": code, "msg": msg or _CODE_MESSAGES.get(code, "error"), "data": data}
-    return web.json_response(body, status=status, headers=headers)
-
-
-def _hang_up(request: web.Request) -> web.Response:
-    """Close the connection so the client gets no reply at all."""
-    if request.transport is not None:
-        request.transport.close()
-    return web.Response()  # never sent: the transport is closing
-
-
-def _redact(headers: dict[str, str]) -> dict[str, str]:
-    return {k: _REDACTED if k.lower() == "authorization" else v for k, v in headers.items()}
 
 
 class FakeKieServer:
@@ -224,16 +188,17 @@ class FakeKieServer:
         async def serve(request: web.Request) -> web.StreamResponse:
             await self._record(request, endpoint)
             fault = self._faults.take(endpoint) if endpoint != "unknown" else None
-            if fault is not None and fault.kind != "drop_after_create":
-                if fault.kind == "slow":
-                    await asyncio.sleep(fault.delay)
-                else:
-                    return _fault_response(fault, request)
+            kind = fault.kind if fault is not None else None
+            if kind == "slow":
+                assert fault is not None
+                await asyncio.sleep(fault.delay)
+            elif fault is not None and kind != "drop_after_create":
+                return fault_response(fault, request)
             if auth and not self._authorized(request):
-                return _envelope(401)
+                return envelope(401)
             response = await handler(request)
-            if fault is not None:  # drop_after_create: the work is done, the reply is lost
-                return _hang_up(request)
+            if kind == "drop_after_create":  # the work is done, the reply is lost
+                return hang_up(request)
             return response
 
         return serve
@@ -251,7 +216,7 @@ class FakeKieServer:
                 path=request.path,
                 query=dict(request.query),
                 json=body,
-                headers=_redact(dict(request.headers)),
+                headers=redact(dict(request.headers)),
                 endpoint=endpoint,
             )
         )
@@ -300,64 +265,45 @@ class FakeKieServer:
         try:
             payload: object = json.loads(await request.read())
         except ValueError:
-            return _envelope(422, "body: not valid JSON")
+            return envelope(422, "body: not valid JSON")
         problems = payload_problems(payload)
         if problems or not isinstance(payload, dict):
-            return _envelope(422, "; ".join(problems))
+            return envelope(422, "; ".join(problems))
         now = self.clock()
         since = now - self.creation_window
         if sum(1 for t in self._creation_times if t > since) >= self.creation_limit:
             self._creation_violations += 1
             if self.enforce_rate_limits:
-                return _envelope(429, status=429)
+                return envelope(429, status=429)
         if self.credits < self.credits_per_task:
-            return _envelope(402)
+            return envelope(402)
         task = self._create(payload, now)
-        return _envelope(200, "success", {"taskId": task.task_id})
+        return envelope(200, "success", {"taskId": task.task_id})
 
     async def _record_info(self, request: web.Request) -> web.StreamResponse:
         task_id = request.query.get("taskId", "")
         if not task_id:
-            return _envelope(422, "taskId: required")
+            return envelope(422, "taskId: required")
         task = self.tasks.get(task_id)
         if task is None:
-            return _envelope(404, "task not found")
+            return envelope(404, "task not found")
         now = self.clock()
         task.poll_times.append(now)
         over = count_in_window(task.poll_times, len(task.poll_times) - 1, 1.0) > POLLS_PER_SECOND
         if self.enforce_rate_limits and over:
-            return _envelope(429, status=429)
-        return _envelope(200, "success", record_info_data(task, task.status_at(now)))
+            return envelope(429, status=429)
+        return envelope(200, "success", record_info_data(task, task.status_at(now)))
 
     async def _credits(self, request: web.Request) -> web.StreamResponse:
-        return _envelope(200, "success", self.credits)
+        return envelope(200, "success", self.credits)
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         task_id, name = request.match_info["task_id"], request.match_info["name"]
         if task_id not in self.tasks:
-            return _envelope(404, "file not found", status=404)
+            return envelope(404, "file not found", status=404)
         content_type = "image/jpeg" if name.endswith(".jpeg") else "audio/mpeg"
         body = audio_body(f"{task_id}/{name}", self.audio_bytes)
         return web.Response(body=body, content_type=content_type)
 
     async def _unknown(self, request: web.Request) -> web.StreamResponse:
-        return _envelope(404, f"no such endpoint: {request.method} {request.path}", status=404)
-
-
-def _fault_response(fault: Fault, request: web.Request) -> web.StreamResponse:
-    """The reply (or hang-up) for a fault that replaces normal handling."""
-    if fault.kind == "http_500":
-        return _envelope(500, status=500)
-    if fault.kind == "http_503":
-        return _envelope(503, status=503)
-    if fault.kind == "body_code":
-        assert fault.code is not None
-        return _envelope(fault.code)
-    if fault.kind == "rate_limit":
-        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
-        return _envelope(429, status=429, headers=headers)
-    if fault.kind == "maintenance":
-        return _envelope(455)
-    if fault.kind == "invalid_json":
-        return web.Response(text='{"code":200,"msg":', content_type="application/json")
-    return _hang_up(request)  # "reset"
+        return envelope(404, f"no such endpoint: {request.method} {request.path}", status=404)

@@ -36,6 +36,11 @@ class Fault:
     ``drop_after_create`` (submit only: create the task, then close the
     connection without a reply), ``reset`` (close the connection without a reply
     or any work), ``invalid_json`` (HTTP 200 with a truncated JSON body).
+
+    Faulted requests are recorded and counted but do no work (``slow`` and
+    ``drop_after_create`` excepted). Note that aiohttp's client silently retries
+    an idempotent request (GET) once after a server disconnect, so a ``reset``
+    on a GET endpoint needs ``times=2`` for the client to see the error.
     """
 
     endpoint: str

@@ -1,0 +1,181 @@
+"""``CallbackReceiver``: a small aiohttp server that takes Kie's callbacks.
+
+It answers fast (Kie gives up after 15 s): the handler reads a bounded body, verifies
+and parses it (cheap, pure ``_sansio`` code), hands the snapshot to its listeners
+(synchronous, non-blocking: a client only records it and wakes futures) and replies
+200. Anything slow, such as the confirmation poll of a final callback, happens in the
+client's scheduler, off the request path. A listener that raises is logged; it never
+takes the receiver down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from types import TracebackType
+
+from aiohttp import web
+
+from kiemashup._errors import CallbackRejected, KieError
+from kiemashup._models import TaskSnapshot
+from kiemashup._sansio import parse_callback_at
+
+log = logging.getLogger("kiemashup.receiver")
+
+MAX_BODY = 256 * 1024
+Listener = Callable[[TaskSnapshot], object]
+
+
+def parse_callback(
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    hmac_key: str | None = None,
+    window: float = 300.0,
+) -> TaskSnapshot:
+    """Verify (when ``hmac_key`` is given) and parse one Kie callback into a ``TaskSnapshot``.
+
+    For endpoints on other frameworks: hand the result to ``client.feed(snapshot)``.
+    Raises ``CallbackRejected`` (with ``.http_status`` to answer) for bad input.
+    """
+    if len(body) > MAX_BODY:
+        raise CallbackRejected("body too large", http_status=413)
+    return parse_callback_at(headers, body, hmac_key=hmac_key, now=time.time(), window=window)
+
+
+class CallbackReceiver:
+    """Receives Kie callbacks at ``url`` and wakes the handles of subscribed clients.
+
+    Standalone: ``async with CallbackReceiver(port=8080, public_url=...) as receiver``.
+    Mounted: ``your_app.add_subapp("/kie", receiver.app)`` with
+    ``public_url="https://you.example/kie"``; then don't enter the receiver's context.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        public_url: str | None = None,
+        hmac_key: str | None = None,
+        *,
+        window: float = 300.0,
+        max_body: int = MAX_BODY,
+        body_timeout: float = 10.0,
+        shutdown_timeout: float = 5.0,
+        path_token: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self._hmac_key = hmac_key
+        self.window = window
+        self.max_body = max_body
+        self.body_timeout = body_timeout
+        self.shutdown_timeout = shutdown_timeout
+        # 192 random bits: the URL itself is a capability an attacker cannot guess.
+        self._token = path_token or secrets.token_urlsafe(24)
+        self._listeners: list[Listener] = []
+        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._runner: web.AppRunner | None = None
+        self.accepted = 0
+        self.rejected = 0
+        self.app = web.Application(client_max_size=max_body)
+        self.app.router.add_post(f"/{self._token}", self._handle)
+
+    def __repr__(self) -> str:
+        signed = "signed" if self._hmac_key else "unsigned"
+        return f"<CallbackReceiver {self.host}:{self.port} {signed}>"
+
+    @property
+    def url(self) -> str:
+        """The ``callBackUrl`` to send: the public URL plus the secret path token."""
+        if self.public_url is not None:
+            return f"{self.public_url}/{self._token}"
+        if self._runner is None:
+            raise KieError("the receiver has no public_url and is not started")
+        return f"http://{self.host}:{self.port}/{self._token}"
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener(snapshot)`` for every accepted callback; returns an unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    # --- serving -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        runner = web.AppRunner(
+            self.app, shutdown_timeout=self.shutdown_timeout, handle_signals=False, access_log=None
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        await site.start()
+        self._runner = runner
+        addresses = runner.addresses
+        if self.port == 0 and addresses:
+            self.port = int(addresses[0][1])
+
+    async def close(self) -> None:
+        """Finish in-flight requests and close, within ``shutdown_timeout`` seconds."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> CallbackReceiver:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        try:
+            if request.content_length is not None and request.content_length > self.max_body:
+                raise CallbackRejected("body too large", http_status=413)
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    body = await request.read()
+            except web.HTTPRequestEntityTooLarge as exc:
+                raise CallbackRejected("body too large", http_status=413) from exc
+            except TimeoutError as exc:  # a slow-drip sender does not hold us hostage
+                raise CallbackRejected("body not received in time", http_status=408) from exc
+            snapshot = parse_callback_at(
+                request.headers, body, hmac_key=self._hmac_key, now=time.time(), window=self.window
+            )
+        except CallbackRejected as exc:
+            self.rejected += 1
+            log.warning("rejected callback from %s: %s", request.remote, exc.reason)
+            return web.json_response(
+                {"status": "rejected", "reason": exc.reason}, status=exc.http_status
+            )
+        self.accepted += 1
+        if self._hmac_key is not None and self._is_replay(request, snapshot):
+            return web.json_response({"status": "duplicate"})
+        for listener in list(self._listeners):
+            try:
+                listener(snapshot)
+            except Exception:  # a listener bug must not cost Kie's delivery or our server
+                log.exception("callback listener failed for task %s", snapshot.task_id)
+        return web.json_response({"status": "received"})
+
+    def _is_replay(self, request: web.Request, snapshot: TaskSnapshot) -> bool:
+        """A signed delivery seen before (same task, timestamp and signature) is ignored."""
+        key = (
+            snapshot.task_id,
+            request.headers.get("X-Webhook-Timestamp", ""),
+            str(snapshot.status),
+        )
+        if key in self._seen:
+            return True
+        self._seen[key] = None
+        if len(self._seen) > 100_000:
+            self._seen.popitem(last=False)
+        return False
