@@ -9,6 +9,7 @@ Outgoing request bodies are camelCase with Kie's own spellings (``callBackUrl``)
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -111,6 +112,8 @@ def unstructure_request(request: attrs.AttrsInstance) -> dict[str, Any]:
             continue
         if isinstance(value, tuple):
             value = [CONVERTER.unstructure(v) for v in value]
+        elif isinstance(value, enum.Enum):  # cattrs passes str enums through as enums
+            value = value.value
         else:
             value = CONVERTER.unstructure(value)
         body[camel(field.name)] = value

@@ -42,13 +42,13 @@ async def fake_server() -> AsyncIterator[FakeKieServer]:
 
 @pytest_asyncio.fixture
 async def make_client(fake_server: FakeKieServer) -> AsyncIterator[ClientFactory]:
-    """Build fast MashupClients pointed at ``fake_server``; all are closed at teardown."""
+    """Build fast MashupClients pointed at ``fake_server`` (or ``server=``); closed at teardown."""
     clients: list[MashupClient] = []
 
-    def factory(**overrides: Any) -> MashupClient:
+    def factory(*, server: FakeKieServer | None = None, **overrides: Any) -> MashupClient:
         options: dict[str, Any] = {
             "api_key": TEST_API_KEY,
-            "base_url": fake_server.url,
+            "base_url": (server or fake_server).url,
             "poll_policy": FAST_POLL,
             "retry_policy": FAST_RETRY,
             "rate_limits": RateLimits(requests_per_second=2000),
