@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run mashups end to end against an embedded fake Kie API")
     demo.add_argument("--count", type=_positive_int, default=4, help="how many mashups (default 4)")
     demo.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    demo.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="stretch (>1) or shrink (<1) the fake timelines",
+    )
 
     for name, help_text in (
         ("status", "show a task's current state (one poll)"),
@@ -117,7 +123,9 @@ def _emit(args: argparse.Namespace, snapshot: TaskSnapshot) -> None:
 async def _demo(args: argparse.Namespace) -> int:
     from kiemashup._demo import run_demo  # loads the testing kit only when asked
 
-    summary = await run_demo(count=args.count, out=sys.stderr if args.json else sys.stdout)
+    summary = await run_demo(
+        count=args.count, scale=args.time_scale, out=sys.stderr if args.json else sys.stdout
+    )
     if args.json:
         print(json.dumps(summary))
     return EXIT_OK
