@@ -71,18 +71,18 @@ def _describe(value: object) -> str:
 
 
 def is_http_url(value: object) -> bool:
-    if not isinstance(value, str):
-        return False
+    if not isinstance(value, str) or any(c.isspace() or ord(c) < 32 for c in value):
+        return False  # a URI has no raw whitespace or control characters (RFC 3986)
     try:
         parts = urlsplit(value)
     except ValueError:  # e.g. "http://[::1": a broken URL is a problem to report, not a crash
         return False
-    return parts.scheme in ("http", "https") and bool(parts.netloc) and " " not in value
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def _two_decimals(value: float) -> bool:
     scaled = value * 100
-    return math.isfinite(scaled) and abs(scaled - round(scaled)) < 1e-6
+    return math.isfinite(scaled) and abs(scaled - round(scaled)) < 1e-9
 
 
 def _length_problem(field: str, value: object, limit: int, where: str) -> Problem | None:

@@ -14,6 +14,7 @@ import json
 import math
 from collections import deque
 from collections.abc import Mapping
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -56,6 +57,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
             return None
         if when is None:
             return None
+        if when.tzinfo is None:  # "-0000" means UTC with no offset known; never local time
+            when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - now
     if not math.isfinite(seconds):
         return None
@@ -92,7 +95,8 @@ def parse_envelope(
         envelope = json.loads(body) if body else None
     except (ValueError, UnicodeDecodeError):
         envelope = None
-    if isinstance(envelope, dict) and isinstance(envelope.get("code"), int):
+    code_value = envelope.get("code") if isinstance(envelope, dict) else None
+    if isinstance(code_value, int) and not isinstance(code_value, bool):
         code: int = envelope["code"]
         if code == 200 and http_status < 400:
             return envelope.get("data")
@@ -223,7 +227,8 @@ def snapshot_from_callback(payload: dict[str, Any]) -> TaskSnapshot:
             error_message=msg or _optional_str(data.get("error")),
             source="callback",
         )
-    status = CALLBACK_STATUS.get(kind, f"CALLBACK_{kind.upper() or 'UNKNOWN'}")
+    # An unknown type is kept under a name that can never collide with a real status.
+    status = CALLBACK_STATUS.get(kind, f"UNKNOWN_CALLBACK_{kind.upper()}")
     return make_snapshot(task_id, status, tracks, source="callback")
 
 

@@ -11,7 +11,7 @@ Rules:
    stage is read off the tracks (so a new status never moves a task backwards).
 5. A task's view only moves forward (``advance``): a terminal snapshot is final, and a
    non-terminal one replaces the current one only if it is at a later stage, or at the
-   same stage with at least as many playable tracks.
+   same stage and status with more playable tracks (so duplicates are dropped).
 """
 
 from __future__ import annotations

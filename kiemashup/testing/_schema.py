@@ -36,9 +36,13 @@ _TITLE_MAX = 80
 
 
 def _is_http_url(value: object) -> bool:
-    if not isinstance(value, str):
+    # "string (uri)": RFC 3986 allows no raw whitespace or control characters.
+    if not isinstance(value, str) or any(c.isspace() or ord(c) < 32 for c in value):
         return False
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
