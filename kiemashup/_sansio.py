@@ -92,12 +92,12 @@ def parse_envelope(
     """
     wait = parse_retry_after(retry_after, now)
     try:
-        envelope = json.loads(body) if body else None
+        decoded = json.loads(body) if body else None
     except (ValueError, UnicodeDecodeError):
-        envelope = None
-    code_value = envelope.get("code") if isinstance(envelope, dict) else None
-    if isinstance(code_value, int) and not isinstance(code_value, bool):
-        code: int = envelope["code"]
+        decoded = None
+    envelope: dict[str, Any] = decoded if isinstance(decoded, dict) else {}
+    code = envelope.get("code")
+    if isinstance(code, int) and not isinstance(code, bool):
         if code == 200 and http_status < 400:
             return envelope.get("data")
         msg = envelope.get("msg")
