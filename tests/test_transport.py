@@ -132,7 +132,8 @@ def sent(m: Any, method: str, url: str | re.Pattern[str]) -> int:
     return sum(
         len(calls)
         for (meth, u), calls in m.requests.items()
-        if meth == method and (re.fullmatch(url, str(u)) if isinstance(url, re.Pattern) else u == URL(url))
+        if meth == method
+        and (re.fullmatch(url, str(u)) if isinstance(url, re.Pattern) else u == URL(url))
     )
 
 
@@ -240,7 +241,12 @@ READ_FAILURES: list[tuple[str, dict[str, Any]]] = [
 @pytest.mark.parametrize(("name", "failure"), READ_FAILURES, ids=[n for n, _ in READ_FAILURES])
 @pytest.mark.parametrize("endpoint", ["credits", "record-info"])
 async def test_reads_retry_transient_failures(
-    transport: Transport, mocked: Any, sleeps: Sleeps, name: str, failure: dict[str, Any], endpoint: str
+    transport: Transport,
+    mocked: Any,
+    sleeps: Sleeps,
+    name: str,
+    failure: dict[str, Any],
+    endpoint: str,
 ) -> None:
     """record-info and credits GETs retry a transient failure once, after one backoff."""
     url: str | re.Pattern[str]
@@ -398,7 +404,7 @@ async def test_submit_retries_are_bounded(
 async def test_submit_failure_after_sending_is_outcome_unknown(
     transport: Transport, mocked: Any, request_: MashupRequest, exception: Exception
 ) -> None:
-    """A timeout or disconnect after the POST went out raises SubmitOutcomeUnknown, never resends."""
+    """A timeout or disconnect after the POST went out: SubmitOutcomeUnknown, never resent."""
     mocked.post(SUBMIT_URL, exception=exception)
     mocked.post(SUBMIT_URL, payload=ok({"taskId": "would-be-a-duplicate"}))
     with pytest.raises(SubmitOutcomeUnknown) as info:
@@ -466,7 +472,7 @@ async def test_api_key_never_appears_in_reprs_errors_or_logs(
     request_: MashupRequest,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The API key is absent from repr(client), repr(transport), every error and every log record."""
+    """The API key is absent from repr(client), repr(transport), errors and log records."""
     caplog.set_level(logging.DEBUG)
     client = MashupClient(api_key=TEST_API_KEY, base_url=BASE)
     try:
