@@ -16,10 +16,12 @@ from kiemashup._errors import KieError, TaskFailedError
 from kiemashup._handle import TaskHandle
 from kiemashup._models import Stage, TaskSnapshot
 from kiemashup._policy import PollPolicy
+from kiemashup._receiver import CallbackReceiver
 from kiemashup._request import MashupRequest
 from kiemashup.testing import FakeKieServer, Timeline
 
 DEMO_KEY = "demo-key-not-secret"
+DEMO_WEBHOOK_KEY = "demo-webhook-key-not-secret"
 
 DEMO_REQUESTS = (
     MashupRequest(
@@ -107,58 +109,69 @@ async def _follow(handle: TaskHandle, index: int, display: Display) -> TaskSnaps
 
 
 async def run_demo(
-    *, count: int = 4, scale: float = 1.0, out: TextIO = sys.stdout
+    *, count: int = 4, scale: float = 1.0, callbacks: bool = True, out: TextIO = sys.stdout
 ) -> dict[str, Any]:
-    """Run ``count`` mashups end to end; return a summary (also printed)."""
+    """Run ``count`` mashups end to end; return a summary (also printed).
+
+    With ``callbacks`` the fake server calls a loopback ``CallbackReceiver`` (signed with
+    an HMAC key) and handles wake on each callback; without, the client polls alone.
+    """
     requests = [DEMO_REQUESTS[i % len(DEMO_REQUESTS)] for i in range(count)]
     names = [f"mashup {i + 1}" for i in range(count)]
     policy = PollPolicy(
         initial=0.3 * scale, growth=0.0, maximum=0.5 * scale, after_first=0.4 * scale
     )
-    async with FakeKieServer(api_key=DEMO_KEY) as server:
+    async with (
+        FakeKieServer(api_key=DEMO_KEY, webhook_hmac_key=DEMO_WEBHOOK_KEY) as server,
+        CallbackReceiver(port=0, hmac_key=DEMO_WEBHOOK_KEY) as receiver,
+        MashupClient(
+            DEMO_KEY,
+            base_url=server.url,
+            upload_base_url=server.url,
+            poll_policy=policy,
+            receiver=receiver if callbacks else None,
+            webhook_hmac_key=DEMO_WEBHOOK_KEY if callbacks else None,
+        ) as client,
+    ):
         timelines = demo_timelines(scale)
         server.script(*(timelines[i % len(timelines)] for i in range(count)))
         out.write(f"Fake Kie API on {server.url} (loopback, no key, no network)\n")
+        if callbacks:
+            out.write(f"Callback receiver on {receiver.url.rsplit('/', 1)[0]}/<secret token>\n")
+        else:
+            out.write("No callbacks: the client polls alone\n")
         out.write(f"Submitting {count} mashups concurrently...\n")
         display = Display(out, names)
-        async with MashupClient(DEMO_KEY, base_url=server.url, poll_policy=policy) as client:
-            handles = await asyncio.gather(*(client.submit(r) for r in requests))
-            results = await asyncio.gather(
-                *(_follow(h, i, display) for i, h in enumerate(handles)), return_exceptions=True
-            )
-            summary: dict[str, Any] = {"server": server.url, "tasks": []}
-            out.write("\nResults:\n")
-            for name, handle, result in zip(names, handles, results, strict=True):
-                entry: dict[str, Any] = {
-                    "name": name,
-                    "task_id": handle.task_id,
-                    "polls": len(server.tasks[handle.task_id].poll_times),
-                }
-                if isinstance(result, TaskFailedError):
-                    entry["status"] = str(result.snapshot.status)
-                    out.write(f"  {name}: FAILED {result}\n")
-                elif isinstance(result, BaseException):
-                    raise result
-                else:
-                    entry["status"] = str(result.status)
-                    entry["tracks"] = [
-                        {
-                            "id": t.id,
-                            "title": t.title,
-                            "audio_url": t.audio_url,
-                            "duration": t.duration,
-                        }
-                        for t in result.tracks
-                    ]
-                    out.write(f"  {name} ({handle.task_id[:8]}, {entry['polls']} polls):\n")
-                    for track in result.tracks:
-                        out.write(f"    - {track.title} [{track.duration}s] {track.audio_url}\n")
-                summary["tasks"].append(entry)
-            summary["requests"] = client.requests_sent
-            out.write(
-                f"\n{count} mashups, {client.requests_sent} API requests in "
-                f"{time.monotonic() - display.started:.1f}s.\n"
-            )
+        handles = await asyncio.gather(*(client.submit(r) for r in requests))
+        results = await asyncio.gather(
+            *(_follow(h, i, display) for i, h in enumerate(handles)), return_exceptions=True
+        )
+        summary: dict[str, Any] = {"server": server.url, "callbacks": callbacks, "tasks": []}
+        out.write("\nResults:\n")
+        for name, handle, result in zip(names, handles, results, strict=True):
+            polls = len(server.tasks[handle.task_id].poll_times)
+            entry: dict[str, Any] = {"name": name, "task_id": handle.task_id, "polls": polls}
+            if isinstance(result, TaskFailedError):
+                entry["status"] = str(result.snapshot.status)
+                out.write(f"  {name}: FAILED {result}\n")
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                entry["status"] = str(result.status)
+                entry["tracks"] = [
+                    {"id": t.id, "title": t.title, "audio_url": t.audio_url, "duration": t.duration}
+                    for t in result.tracks
+                ]
+                out.write(f"  {name} ({handle.task_id[:8]}, {polls} polls):\n")
+                for track in result.tracks:
+                    out.write(f"    - {track.title} [{track.duration}s] {track.audio_url}\n")
+            summary["tasks"].append(entry)
+        summary["requests"] = client.requests_sent
+        summary["callbacks_received"] = receiver.accepted
+        out.write(
+            f"\n{count} mashups, {client.requests_sent} API requests, "
+            f"{receiver.accepted} callbacks in {time.monotonic() - display.started:.1f}s.\n"
+        )
     return summary
 
 

@@ -65,7 +65,9 @@ class CallbackReceiver:
         window: float = 300.0,
         max_body: int = MAX_BODY,
         body_timeout: float = 10.0,
-        shutdown_timeout: float = 5.0,
+        # fix: was 5.0, but aiohttp waits this long for a request whose body is still
+        # arriving when close() starts, so close() overran its 5 s promise.
+        shutdown_timeout: float = 3.0,
         path_token: str | None = None,
     ) -> None:
         self.host = host
@@ -91,13 +93,19 @@ class CallbackReceiver:
         return f"<CallbackReceiver {self.host}:{self.port} {signed}>"
 
     @property
+    def hmac_key(self) -> str | None:
+        """The key deliveries must be signed with (None: signatures are not checked)."""
+        return self._hmac_key
+
+    @property
     def url(self) -> str:
         """The ``callBackUrl`` to send: the public URL plus the secret path token."""
         if self.public_url is not None:
             return f"{self.public_url}/{self._token}"
         if self._runner is None:
             raise KieError("the receiver has no public_url and is not started")
-        return f"http://{self.host}:{self.port}/{self._token}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # fix: IPv6 literal
+        return f"http://{host}:{self.port}/{self._token}"
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(snapshot)`` for every accepted callback; returns an unsubscribe."""
@@ -107,12 +115,17 @@ class CallbackReceiver:
     # --- serving -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self._runner is not None:
+            raise KieError("the receiver is already started")
         runner = web.AppRunner(
             self.app, shutdown_timeout=self.shutdown_timeout, handle_signals=False, access_log=None
         )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except BaseException:  # fix: a failed bind (port in use) must not leak the runner
+            await runner.cleanup()
+            raise
         self._runner = runner
         addresses = runner.addresses
         if self.port == 0 and addresses:
@@ -147,6 +160,10 @@ class CallbackReceiver:
                 raise CallbackRejected("body too large", http_status=413) from exc
             except TimeoutError as exc:  # a slow-drip sender does not hold us hostage
                 raise CallbackRejected("body not received in time", http_status=408) from exc
+            if len(body) > self.max_body:
+                # fix: mounted with add_subapp, the *parent* app's client_max_size governs
+                # read(), so a chunked body over our limit could get through.
+                raise CallbackRejected("body too large", http_status=413)
             snapshot = parse_callback_at(
                 request.headers, body, hmac_key=self._hmac_key, now=time.time(), window=self.window
             )
@@ -156,9 +173,9 @@ class CallbackReceiver:
             return web.json_response(
                 {"status": "rejected", "reason": exc.reason}, status=exc.http_status
             )
-        self.accepted += 1
         if self._hmac_key is not None and self._is_replay(request, snapshot):
             return web.json_response({"status": "duplicate"})
+        self.accepted += 1  # fix: counted after the replay check, so replays are not "accepted"
         for listener in list(self._listeners):
             try:
                 listener(snapshot)
@@ -167,7 +184,11 @@ class CallbackReceiver:
         return web.json_response({"status": "received"})
 
     def _is_replay(self, request: web.Request, snapshot: TaskSnapshot) -> bool:
-        """A signed delivery seen before (same task, timestamp and signature) is ignored."""
+        """A signed delivery seen before (same task, timestamp and status) is ignored.
+
+        Not keyed on the signature alone: it depends only on task id and timestamp, so
+        two genuine stages sent within one second carry the same signature.
+        """
         key = (
             snapshot.task_id,
             request.headers.get("X-Webhook-Timestamp", ""),

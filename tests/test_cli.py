@@ -38,7 +38,20 @@ async def test_demo_runs_round_trips_offline() -> None:
     assert len(summary["tasks"]) == 3
     assert all(t["status"] == "SUCCESS" and len(t["tracks"]) == 2 for t in summary["tasks"])
     assert summary["requests"] >= 3
+    assert summary["callbacks_received"] >= 9  # text, first, complete for each task
+    assert all(t["polls"] <= 2 for t in summary["tasks"])  # callbacks did the waking
     assert "mashup 3" in err  # the live display went to stderr because of --json
+
+
+async def test_demo_without_callbacks_polls() -> None:
+    """`kiemashup demo --no-callbacks` completes every mashup by polling alone."""
+    code, out, err = await run_cli(
+        "demo", "--count", "2", "--time-scale", "0.3", "--no-callbacks", "--json"
+    )
+    assert code == EXIT_OK, err
+    summary = json.loads(out)
+    assert summary["callbacks_received"] == 0
+    assert all(t["status"] == "SUCCESS" and t["polls"] >= 1 for t in summary["tasks"])
 
 
 async def test_status_and_wait_against_fake_server() -> None:
