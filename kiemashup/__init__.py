@@ -3,12 +3,17 @@
 Everything public is re-exported here; ``kiemashup.testing`` is imported on its own.
 """
 
+from kiemashup._batch import BatchItem
 from kiemashup._client import ClientClosedError, MashupClient
 from kiemashup._errors import (
     APIError,
     AuthenticationError,
     CallbackRejected,
+    DownloadError,
+    FileValidationError,
     InsufficientCreditsError,
+    JournalError,
+    JournalMismatchError,
     KieError,
     Problem,
     ProtocolError,
@@ -19,6 +24,7 @@ from kiemashup._errors import (
     SubmitOutcomeUnknown,
     TaskFailedError,
     TransportError,
+    UploadError,
 )
 from kiemashup._handle import TaskHandle
 from kiemashup._models import Model, Stage, TaskSnapshot, TaskStatus, Track, VocalGender
@@ -29,10 +35,15 @@ from kiemashup._request import MashupRequest
 __all__ = [
     "APIError",
     "AuthenticationError",
+    "BatchItem",
     "CallbackReceiver",
     "CallbackRejected",
     "ClientClosedError",
+    "DownloadError",
+    "FileValidationError",
     "InsufficientCreditsError",
+    "JournalError",
+    "JournalMismatchError",
     "KieError",
     "MashupClient",
     "MashupRequest",
@@ -55,6 +66,7 @@ __all__ = [
     "Timeouts",
     "Track",
     "TransportError",
+    "UploadError",
     "VocalGender",
     "parse_callback",
 ]

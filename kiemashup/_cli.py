@@ -1,13 +1,19 @@
 """The ``kiemashup`` command line (also ``python -m kiemashup``).
 
+Commands: demo, status, wait, credits, and (in _cli_files) submit, batch, upload,
+download. Environment: KIE_API_KEY, KIE_BASE_URL, KIE_UPLOAD_BASE_URL,
+KIEMASHUP_POLL_INITIAL (see _cli_common and docs/cli.md).
+
 Exit codes:
   0  success
-  1  the task failed (TaskFailedError)
-  2  bad usage or an invalid request
-  3  the API or the network failed (APIError, TransportError, ProtocolError)
+  1  the task failed (TaskFailedError); ``download``: no playable track yet
+  2  bad usage, an invalid request, a bad file to upload, an unusable journal
+  3  the API or the network failed (APIError, TransportError, ProtocolError, DownloadError)
   4  configuration problem (no API key)
   5  the submit outcome is unknown (the task may exist; it was not resent)
   130 interrupted
+``batch`` exits 0 when every item succeeded, else with the most serious item's
+code, in the order 5, 3, 2, 1.
 Errors print one clear line on stderr, never a traceback.
 """
 
@@ -18,42 +24,38 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-import attrs
-
-from kiemashup._client import MashupClient
-from kiemashup._errors import (
-    APIError,
-    KieError,
-    ProtocolError,
-    RequestValidationError,
-    SubmitOutcomeUnknown,
-    TaskFailedError,
-    TransportError,
+from kiemashup._cli_common import (
+    EXIT_API,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNKNOWN,
+    EXIT_USAGE,
+    exit_code_for,
+    make_client,
+    snapshot_dict,
 )
+from kiemashup._cli_common import print_snapshot as _print_snapshot
+from kiemashup._cli_files import FILE_COMMANDS, add_file_commands
+from kiemashup._errors import KieError, TaskFailedError
 from kiemashup._models import Stage, TaskSnapshot
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API, EXIT_CONFIG, EXIT_UNKNOWN = 0, 1, 2, 3, 4, 5
-EXIT_INTERRUPTED = 130
-
-
-def snapshot_dict(snapshot: TaskSnapshot) -> dict[str, Any]:
-    """A JSON-ready view of a snapshot."""
-    data = attrs.asdict(snapshot, recurse=True)
-    data["status"] = str(snapshot.status)
-    data["stage"] = snapshot.stage.name
-    return data
-
-
-def _print_snapshot(snapshot: TaskSnapshot) -> None:
-    print(f"task {snapshot.task_id}: {snapshot.status} (stage {snapshot.stage.name})")
-    if snapshot.failed:
-        print(f"  error {snapshot.error_code}: {snapshot.error_message}")
-    for track in snapshot.tracks:
-        print(
-            f"  - {track.title or track.id} [{track.duration}s] {track.audio_url or '(not ready)'}"
-        )
+__all__ = [  # the names tests and users import from here
+    "EXIT_API",
+    "EXIT_CONFIG",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_UNKNOWN",
+    "EXIT_USAGE",
+    "build_parser",
+    "console_main",
+    "exit_code_for",
+    "main",
+    "snapshot_dict",
+]
 
 
 def _positive_int(text: str) -> int:
@@ -76,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="stretch (>1) or shrink (<1) the fake timelines",
     )
+    demo.add_argument(
+        "--no-callbacks", action="store_true", help="poll only, without the callback receiver"
+    )
 
     for name, help_text in (
         ("status", "show a task's current state (one poll)"),
@@ -89,25 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     credits = sub.add_parser("credits", help="show the account's remaining credits")
     credits.add_argument("--json", action="store_true", help="machine-readable output")
+    add_file_commands(sub)
     return parser
 
 
 async def _status(args: argparse.Namespace) -> int:
-    async with MashupClient() as client:
+    async with make_client() as client:
         snapshot = await client.get_task(args.task_id)
     _emit(args, snapshot)
     return EXIT_FAILED if snapshot.failed else EXIT_OK
 
 
 async def _wait(args: argparse.Namespace) -> int:
-    async with MashupClient() as client:
+    async with make_client() as client:
         snapshot = await client.task(args.task_id).wait(Stage[args.stage.upper()])
     _emit(args, snapshot)
     return EXIT_OK
 
 
 async def _credits(args: argparse.Namespace) -> int:
-    async with MashupClient() as client:
+    async with make_client() as client:
         remaining = await client.credits()
     print(json.dumps({"credits": remaining}) if args.json else f"{remaining} credits")
     return EXIT_OK
@@ -124,27 +130,23 @@ async def _demo(args: argparse.Namespace) -> int:
     from kiemashup._demo import run_demo  # loads the testing kit only when asked
 
     summary = await run_demo(
-        count=args.count, scale=args.time_scale, out=sys.stderr if args.json else sys.stdout
+        count=args.count,
+        scale=args.time_scale,
+        callbacks=not args.no_callbacks,
+        out=sys.stderr if args.json else sys.stdout,
     )
     if args.json:
         print(json.dumps(summary))
     return EXIT_OK
 
 
-COMMANDS = {"demo": _demo, "status": _status, "wait": _wait, "credits": _credits}
-
-
-def exit_code_for(exc: BaseException) -> int:
-    """The documented exit code for an error."""
-    if isinstance(exc, TaskFailedError):
-        return EXIT_FAILED
-    if isinstance(exc, RequestValidationError):
-        return EXIT_USAGE
-    if isinstance(exc, SubmitOutcomeUnknown):
-        return EXIT_UNKNOWN
-    if isinstance(exc, APIError | TransportError | ProtocolError):
-        return EXIT_API
-    return EXIT_CONFIG
+COMMANDS = {
+    "demo": _demo,
+    "status": _status,
+    "wait": _wait,
+    "credits": _credits,
+    **FILE_COMMANDS,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"kiemashup: {type(exc).__name__}: {first_line}", file=sys.stderr)
         return exit_code_for(exc)
+    except OSError as exc:  # a local file or folder problem (permissions, disk full)
+        print(f"kiemashup: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def console_main() -> None:

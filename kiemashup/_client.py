@@ -7,14 +7,19 @@ import os
 import random
 import weakref
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 
+from kiemashup._batch import BatchItem, OnProgress, run_batch
 from kiemashup._errors import KieError
+from kiemashup._files import FileTransfer, Progress, UploadSource
 from kiemashup._handle import Hooks, TaskHandle, TaskState
-from kiemashup._models import TaskSnapshot
+from kiemashup._media import DEFAULT_UPLOAD_PATH
+from kiemashup._models import Stage, TaskSnapshot, Track
 from kiemashup._policy import PollPolicy, RateLimits, RetryPolicy, Timeouts
 from kiemashup._receiver import CallbackReceiver
 from kiemashup._request import MashupRequest
@@ -53,7 +58,7 @@ class MashupClient:
         api_key: str | None = None,
         *,
         base_url: str | None = None,
-        upload_base_url: str = DEFAULT_UPLOAD_BASE_URL,
+        upload_base_url: str | None = None,
         callback_url: str | None = None,
         receiver: CallbackReceiver | None = None,
         webhook_hmac_key: str | None = None,
@@ -69,20 +74,38 @@ class MashupClient:
         if not key:
             raise KieError("no API key: pass api_key= or set KIE_API_KEY")
         self.base_url = (base_url or os.environ.get("KIE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self.upload_base_url = upload_base_url.rstrip("/")
+        self.upload_base_url = (
+            upload_base_url or os.environ.get("KIE_UPLOAD_BASE_URL") or DEFAULT_UPLOAD_BASE_URL
+        ).rstrip("/")
         self.callback_url = callback_url
         self.receiver = receiver
         self._webhook_hmac_key = webhook_hmac_key
+        if receiver is not None and webhook_hmac_key not in (None, receiver.hmac_key):
+            # fix: the key was stored and never used, so a receiver built without it
+            # silently accepted unsigned callbacks. The receiver is what verifies.
+            raise KieError(
+                "webhook_hmac_key differs from the receiver's: pass it as "
+                "CallbackReceiver(hmac_key=...)"
+            )
         self.poll_policy = poll_policy or PollPolicy()
         self.rate_limits = rate_limits or RateLimits()
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.timeouts = timeouts or Timeouts()
         rand = rand or random.random
         self._transport = Transport(
             api_key=key,
             base_url=self.base_url,
             session=session,
             limits=self.rate_limits,
-            retry=retry_policy or RetryPolicy(),
-            timeouts=timeouts or Timeouts(),
+            retry=self.retry_policy,
+            timeouts=self.timeouts,
+            rand=rand,
+        )
+        self._files = FileTransfer(
+            self._transport,
+            upload_base_url=self.upload_base_url,
+            retry=self.retry_policy,
+            timeouts=self.timeouts,
             rand=rand,
         )
         self._scheduler = PollScheduler(
@@ -91,9 +114,7 @@ class MashupClient:
             max_in_flight=self.rate_limits.max_in_flight,
             rand=rand,
         )
-        self._hooks = Hooks(
-            fetch=self._fetch, watch=self._scheduler.watch, unwatch=self._scheduler.unwatch
-        )
+        self._hooks = Hooks(fetch=self._fetch, watch=self._watch, unwatch=self._scheduler.unwatch)
         self._states: weakref.WeakValueDictionary[str, TaskState] = weakref.WeakValueDictionary()
         self._closed = False
         # Callbacks are trusted only once a poll confirms a final one (the signature
@@ -154,7 +175,15 @@ class MashupClient:
         if self._closed:
             raise ClientClosedError("the client is closed")
 
+    def _watch(self, state: TaskState) -> None:
+        self._scheduler.watch(state)
+        if self._closed:
+            # A wait begun after aclose() would hang forever (nothing polls any more):
+            # fail it the way aclose() fails the waits that were pending.
+            state.fail_waiters(ClientClosedError("the client is closed"))
+
     async def _fetch(self, state: TaskState) -> TaskSnapshot:
+        self._check_open()  # refresh() after aclose(): ClientClosedError, not a bare KieError
         # One place enforces Kie's per-task poll limit, for scheduled polls and refresh().
         loop = asyncio.get_running_loop()
         wait = state.last_poll + self.poll_policy.min_interval - loop.time()
@@ -165,7 +194,9 @@ class MashupClient:
         return await self._get_snapshot(state.task_id)
 
     async def _get_snapshot(self, task_id: str) -> TaskSnapshot:
-        data = await self._transport.get(RECORD_INFO_PATH, {"taskId": task_id})
+        data = await self._transport.get(
+            RECORD_INFO_PATH, {"taskId": task_id}, min_delay=self.poll_policy.min_interval
+        )
         return parse_record_info(data, task_id=task_id)
 
     # --- public calls --------------------------------------------------------------------------
@@ -221,6 +252,72 @@ class MashupClient:
         self._check_open()
         return parse_credits(await self._transport.get(CREDITS_PATH))
 
+    # --- files and batches (docs/files.md, docs/batch.md) ---------------------------------------
+
+    async def upload(
+        self,
+        source: UploadSource,
+        *,
+        file_name: str | None = None,
+        upload_path: str = DEFAULT_UPLOAD_PATH,
+    ) -> str:
+        """Upload a local audio file, bytes or a binary file object; return its public URL.
+
+        Files are streamed (never read whole into memory); bytes up to 1 MiB go as
+        base64. Raises ``FileValidationError`` for a missing, empty or non-audio file
+        and ``UploadError`` (or a finer ``APIError``) when the upload host refuses it.
+        Kie deletes uploaded files after 3 days.
+        """
+        self._check_open()
+        return await self._files.upload(source, file_name=file_name, upload_path=upload_path)
+
+    async def upload_url(
+        self, url: str, *, file_name: str | None = None, upload_path: str = DEFAULT_UPLOAD_PATH
+    ) -> str:
+        """Have Kie copy the file at ``url`` to its upload host; return the new public URL."""
+        self._check_open()
+        return await self._files.upload_url(url, file_name=file_name, upload_path=upload_path)
+
+    async def download(
+        self,
+        track_or_url: Track | str,
+        dest: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
+    ) -> Path:
+        """Stream a track's audio (or any URL) to ``dest``, a folder or a file path.
+
+        Written to a temporary file and renamed only when complete; Content-Length is
+        verified and transient failures retried. Result URLs expire: download promptly.
+        """
+        self._check_open()
+        return await self._files.download(track_or_url, dest, progress=progress)
+
+    def run_batch(
+        self,
+        requests: Iterable[MashupRequest],
+        *,
+        journal: str | os.PathLike[str] | None = None,
+        concurrency: int | None = None,
+        resubmit_unknown: bool = False,
+        stage: Stage = Stage.COMPLETE,
+        on_progress: OnProgress | None = None,
+    ) -> AsyncIterator[BatchItem]:
+        """Submit and wait for many requests; yield a ``BatchItem`` per request as it finishes.
+
+        See docs/batch.md for the journal, resuming and ``resubmit_unknown``.
+        """
+        self._check_open()
+        return run_batch(
+            self,
+            requests,
+            journal=journal,
+            concurrency=concurrency,
+            resubmit_unknown=resubmit_unknown,
+            stage=stage,
+            on_progress=on_progress,
+        )
+
     def feed(self, snapshot: TaskSnapshot) -> bool:
         """Hand a callback's snapshot (parsed elsewhere) to the task's waiters. Never blocks.
 
@@ -246,9 +343,13 @@ class MashupClient:
             state.last_callback = None
             self._scheduler.poll_now(state)
             return False
-        state.last_callback = self._now()
         moved = state.offer(snapshot)
-        self._scheduler.replan(state)
+        if moved:
+            # fix: only news restarts the grace clock; a duplicate or stale callback
+            # (say, "first" re-sent every minute) must not postpone the safety-net poll
+            # that rescues a task whose next callback was dropped.
+            state.last_callback = self._now()
+            self._scheduler.replan(state)
         return moved
 
     def _keep_early(self, snapshot: TaskSnapshot) -> None:

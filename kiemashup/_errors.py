@@ -9,11 +9,16 @@ KieError
 │   ├── InsufficientCreditsError   402
 │   ├── RateLimitError             429, .retry_after
 │   ├── ServiceUnavailableError    455
-│   └── ServerError                5xx
+│   ├── ServerError                5xx
+│   └── UploadError                the upload host refused a file (``success: false``, other codes)
 ├── ProtocolError         the API sent something that cannot be understood
 ├── CallbackRejected      bad signature, bad JSON, oversized body  (.reason, .http_status)
 ├── SubmitOutcomeUnknown  the submit may or may not have been created  (.request)
-└── TaskFailedError       .snapshot (status, error_code, error_message)
+├── TaskFailedError       .snapshot (status, error_code, error_message)
+├── FileValidationError (also ValueError)  a local file or URL unfit to upload  (.path, .reason)
+├── DownloadError         a download failed for good  (.url, .reason, .http_status)
+└── JournalError          a batch journal is unusable  (.path, .reason)
+    └── JournalMismatchError (also ValueError)  the input changed since the journal  (.index)
 ```
 
 Every error carries its data as attributes. No message ever contains the API key:
@@ -131,3 +136,47 @@ class TaskFailedError(KieError):
             f"task {snapshot.task_id} failed: {snapshot.status}"
             f" (error {snapshot.error_code}: {snapshot.error_message})"
         )
+
+
+class UploadError(APIError):
+    """The upload host refused the file (``success: false`` or a code with no finer class)."""
+
+
+class FileValidationError(KieError, ValueError):
+    """A local file (or URL) cannot be uploaded: missing, empty, not audio, or not http(s)."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class DownloadError(KieError):
+    """A download failed for good (HTTP error, or still broken after retries).
+
+    ``http_status`` is set when the server answered with an error status; a
+    transient cause is kept as ``__cause__``.
+    """
+
+    def __init__(self, url: str, reason: str, *, http_status: int | None = None) -> None:
+        self.url = url
+        self.reason = reason
+        self.http_status = http_status
+        super().__init__(f"download of {url.split('?')[0]} failed: {reason}")
+
+
+class JournalError(KieError):
+    """A batch journal cannot be used (corrupt, locked by another run, not a journal)."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"journal {path}: {reason}")
+
+
+class JournalMismatchError(JournalError, ValueError):
+    """Item ``index`` differs from the request the journal recorded (the input changed)."""
+
+    def __init__(self, path: object, index: int, reason: str) -> None:
+        self.index = index
+        super().__init__(path, reason)

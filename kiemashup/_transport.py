@@ -9,6 +9,7 @@ is retried only when the server certainly created nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,6 +29,7 @@ from kiemashup._errors import (
 from kiemashup._policy import RateLimits, RetryPolicy, Timeouts
 from kiemashup._sansio import SlidingWindow, parse_envelope, parse_submit, retry_delay
 
+log = logging.getLogger("kiemashup.transport")
 USER_AGENT = "kiemashup/0.1 (+https://pypi.org/project/kiemashup)"
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -146,8 +148,12 @@ class Transport:
         *,
         params: Mapping[str, str] | None = None,
         json: Any = None,
+        data: Any = None,
     ) -> tuple[int, str | None, bytes]:
-        """One HTTP exchange under the client's caps: (status, Retry-After, body)."""
+        """One HTTP exchange under the client's caps: (status, Retry-After, body).
+
+        ``data`` is passed to aiohttp as is (a ``FormData`` for multipart uploads).
+        """
         await self._gate.acquire()
         async with self._in_flight:
             self.requests_sent += 1
@@ -157,6 +163,7 @@ class Transport:
                     url,
                     params=params,
                     json=json,
+                    data=data,
                     headers=self._headers(),
                     timeout=self._timeout,
                 ) as resp:
@@ -172,8 +179,14 @@ class Transport:
         status, retry_after, body = await self.send(method, url, params=params, json=json)
         return parse_envelope(status, body, retry_after=retry_after, now=self._wall_clock())
 
-    async def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
-        """A GET that is safe to repeat: retried on transient failures, then raised."""
+    async def get(
+        self, path: str, params: Mapping[str, str] | None = None, *, min_delay: float = 0.0
+    ) -> Any:
+        """A GET that is safe to repeat: retried on transient failures, then raised.
+
+        ``min_delay`` floors each retry's delay (a poll's retries count against Kie's
+        per-task limit of 3 per second).
+        """
         url = self.base_url + path
         attempt = 1
         while True:
@@ -182,7 +195,9 @@ class Transport:
             except RETRYABLE_READ as exc:
                 if attempt >= self._retry.attempts:
                     raise
-                await self._sleep(retry_delay(exc, attempt, self._retry, self._rand()))
+                delay = max(min_delay, retry_delay(exc, attempt, self._retry, self._rand()))
+                log.debug("GET %s failed (%s); retry %d in %.2fs", path, exc, attempt, delay)
+                await self._sleep(delay)
                 attempt += 1
 
     async def pace_submit(self) -> None:

@@ -10,6 +10,7 @@ async with FakeKieServer() as server:
 ```
 """
 
+from kiemashup.testing._callbacks import CallbackDelivery, CallbackFaults, signed_headers
 from kiemashup.testing._fake import FakeKieServer
 from kiemashup.testing._faults import Fault
 from kiemashup.testing._schema import payload_problems
@@ -17,6 +18,8 @@ from kiemashup.testing._task import FakeTask, FakeTrack, RecordedRequest, callba
 from kiemashup.testing._timeline import Timeline
 
 __all__ = [
+    "CallbackDelivery",
+    "CallbackFaults",
     "FakeKieServer",
     "FakeTask",
     "FakeTrack",
@@ -25,4 +28,5 @@ __all__ = [
     "Timeline",
     "callback_payload",
     "payload_problems",
+    "signed_headers",
 ]

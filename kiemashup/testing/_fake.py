@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from kiemashup.testing._callbacks import CallbackDelivery, CallbackFaults, CallbackSender
 from kiemashup.testing._faults import Fault, FaultQueue
 from kiemashup.testing._replies import envelope, fault_response, hang_up, redact
 from kiemashup.testing._schema import payload_problems
@@ -36,6 +37,7 @@ from kiemashup.testing._task import (
     record_info_data,
 )
 from kiemashup.testing._timeline import Timeline
+from kiemashup.testing._uploads import BODY_FAULT_KINDS, UploadStore, body_fault
 
 __all__ = ["FakeKieServer"]
 
@@ -68,6 +70,7 @@ class FakeKieServer:
         enforce_rate_limits: bool = True,
         audio_bytes: int = 32768,
         clock: Callable[[], float] | None = None,
+        webhook_hmac_key: str | None = None,
     ) -> None:
         self.api_key = api_key
         self.host = host
@@ -89,6 +92,14 @@ class FakeKieServer:
         self._creation_violations = 0
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
+        # Callbacks (see _callbacks.py): signed with this key when set; faults apply to
+        # tasks created while they are set.
+        self.webhook_hmac_key = webhook_hmac_key
+        self.callback_faults = CallbackFaults()
+        self.callback_retry_delay = 0.05
+        self.callback_timeout = 15.0
+        self._callbacks = CallbackSender(self, lambda: self.clock())
+        self.uploads = UploadStore(lambda: self.url)  # the fake File Upload API (_uploads.py)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -96,7 +107,7 @@ class FakeKieServer:
         """Bind and start serving; ``url`` is valid afterwards."""
         if self._runner is not None:
             raise RuntimeError("FakeKieServer is already started")
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # base64 uploads are big
         for method, path, endpoint, handler, auth in self._routes():
             app.router.add_route(method, path, self._serve(endpoint, handler, auth=auth))
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
@@ -116,6 +127,7 @@ class FakeKieServer:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        await self._callbacks.aclose()  # after the handlers: a submit may be delivering
 
     async def __aenter__(self) -> FakeKieServer:
         await self.start()
@@ -153,6 +165,25 @@ class FakeKieServer:
         """How many tasks were actually created."""
         return len(self.tasks)
 
+    @property
+    def callbacks_sent(self) -> list[CallbackDelivery]:
+        """Every callback attempt (and drop), in the order they happened."""
+        return self._callbacks.sent
+
+    @property
+    def callbacks_pending(self) -> int:
+        """Callback deliveries planned (retries included) or in flight."""
+        return self._callbacks.pending
+
+    async def send_forged_callback(
+        self,
+        url: str,
+        payload: dict[str, Any] | bytes,
+        headers: dict[str, str] | None = None,
+    ) -> int:
+        """POST ``payload`` to ``url`` with exactly ``headers`` (no signing); the HTTP status."""
+        return await self._callbacks.send(url, payload, headers)
+
     def count(self, endpoint: str) -> int:
         """Requests received for ``endpoint`` ("submit", "record-info", "credits", "audio")."""
         return sum(1 for request in self.requests if request.endpoint == endpoint)
@@ -181,6 +212,10 @@ class FakeKieServer:
             ("GET", "/api/v1/generate/record-info", "record-info", self._record_info, True),
             ("GET", "/api/v1/chat/credit", "credits", self._credits, True),
             ("GET", "/files/{task_id}/{name}", "audio", self._file, False),
+            ("POST", "/api/file-stream-upload", "upload", self.uploads.stream, True),
+            ("POST", "/api/file-base64-upload", "upload", self.uploads.base64, True),
+            ("POST", "/api/file-url-upload", "upload", self.uploads.url, True),
+            ("GET", "/uploads/{path:.+}", "file", self.uploads.serve, False),
             ("*", "/{tail:.*}", "unknown", self._unknown, False),
         ]
 
@@ -192,13 +227,15 @@ class FakeKieServer:
             if kind == "slow":
                 assert fault is not None
                 await asyncio.sleep(fault.delay)
-            elif fault is not None and kind != "drop_after_create":
+            elif fault is not None and kind not in ("drop_after_create", *BODY_FAULT_KINDS):
                 return fault_response(fault, request)
             if auth and not self._authorized(request):
                 return envelope(401)
             response = await handler(request)
             if kind == "drop_after_create":  # the work is done, the reply is lost
                 return hang_up(request)
+            if fault is not None and kind in BODY_FAULT_KINDS:
+                return await body_fault(fault, request, response)
             return response
 
         return serve
@@ -278,6 +315,7 @@ class FakeKieServer:
         if self.credits < self.credits_per_task:
             return envelope(402)
         task = self._create(payload, now)
+        await self._callbacks.schedule(task)
         return envelope(200, "success", {"taskId": task.task_id})
 
     async def _record_info(self, request: web.Request) -> web.StreamResponse:

@@ -10,7 +10,8 @@ from dataclasses import KW_ONLY, dataclass
 __all__ = ["ENDPOINTS", "FAULT_KINDS", "Fault", "FaultQueue"]
 
 #: Endpoint names a fault (and ``FakeKieServer.count``) can refer to.
-ENDPOINTS: tuple[str, ...] = ("submit", "record-info", "credits", "audio")
+#: "upload" is any of the three upload endpoints; "file" serves the uploaded files.
+ENDPOINTS: tuple[str, ...] = ("submit", "record-info", "credits", "audio", "upload", "file")
 
 FAULT_KINDS: tuple[str, ...] = (
     "http_500",
@@ -22,6 +23,8 @@ FAULT_KINDS: tuple[str, ...] = (
     "drop_after_create",
     "reset",
     "invalid_json",
+    "reset_mid_body",
+    "drip",
 )
 
 
@@ -38,7 +41,10 @@ class Fault:
     or any work), ``invalid_json`` (HTTP 200 with a truncated JSON body).
 
     Faulted requests are recorded and counted but do no work (``slow`` and
-    ``drop_after_create`` excepted). Note that aiohttp's client silently retries
+    ``drop_after_create`` excepted). Two kinds misbehave *while* sending a normal
+    reply (meant for "audio", "file" and "upload"): ``reset_mid_body`` (headers
+    and half the body, then the connection is aborted) and ``drip`` (the body in
+    8 pieces, ``delay`` seconds apart). Note that aiohttp's client silently retries
     an idempotent request (GET) once after a server disconnect, so a ``reset``
     on a GET endpoint needs ``times=2`` for the client to see the error.
     """

@@ -1,0 +1,140 @@
+"""Client CPU per poll and per submit: the SDK against raw aiohttp doing the same requests.
+
+Both sides run in this process against the fake server in another process, with the
+same concurrency, interleaved in rounds (SDK, raw, SDK, raw, ...) so that drift hits
+both alike; the figure is total ``time.process_time()`` over total requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+
+from benchmarks._common import UNCAPPED, Figure
+from benchmarks._server import API_KEY, ServerProcess
+from kiemashup import MashupClient, MashupRequest
+
+CONCURRENCY = 8
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
+
+
+async def _spread(n: int, one: Callable[[int], Awaitable[object]]) -> float:
+    """Run ``one(i)`` for i < n on CONCURRENCY workers; the process CPU seconds it took."""
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        for i in counter:
+            await one(i)
+
+    start = time.process_time()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return time.process_time() - start
+
+
+async def _rounds(
+    sdk: Callable[[int], Awaitable[object]],
+    raw: Callable[[int], Awaitable[object]],
+    n: int,
+    rounds: int,
+) -> tuple[float, float]:
+    await _spread(max(50, n // 10), sdk)  # warm-up: connections, caches
+    await _spread(max(50, n // 10), raw)
+    sdk_cpu = raw_cpu = 0.0
+    for _ in range(rounds):
+        sdk_cpu += await _spread(n, sdk)
+        raw_cpu += await _spread(n, raw)
+    total = n * rounds
+    return sdk_cpu / total, raw_cpu / total
+
+
+def _figure(name: str, sdk: float, raw: float, gate: float, what: str) -> Figure:
+    ratio = sdk / raw
+    return Figure(
+        name=name,
+        value=sdk * 1e6,
+        unit="µs CPU",
+        target="≤ 1.15× raw aiohttp",
+        met=ratio <= 1.15,
+        baseline=raw * 1e6,
+        ratio=ratio,
+        gate=gate,
+        note=what,
+    )
+
+
+async def _run(url: str, task_ids: list[str], n: int, rounds: int) -> list[Figure]:
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session,
+        MashupClient(API_KEY, base_url=url, rate_limits=UNCAPPED) as client,
+    ):
+        record_info = url + "/api/v1/generate/record-info"
+        submit_url = url + "/api/v1/generate/mashup"
+
+        async def sdk_poll(i: int) -> object:
+            return await client.get_task(task_ids[i % len(task_ids)])
+
+        async def raw_poll(i: int) -> object:
+            # What a careful user writes: GET, decode, check the envelope, read the status.
+            params = {"taskId": task_ids[i % len(task_ids)]}
+            async with session.get(record_info, params=params, headers=HEADERS) as resp:
+                body = json.loads(await resp.read())
+            if body.get("code") != 200:
+                raise RuntimeError(body)
+            return body["data"]["status"], body["data"]["response"]["sunoData"]
+
+        poll_sdk, poll_raw = await _rounds(sdk_poll, raw_poll, n, rounds)
+
+        request = MashupRequest(
+            ["https://example.com/a.mp3", "https://example.com/b.mp3"], prompt="a mashup"
+        )
+        callback = "https://example.com/callback"
+
+        async def sdk_submit(i: int) -> object:
+            return await client.submit(request)
+
+        async def raw_submit(i: int) -> object:
+            payload = {
+                "uploadUrlList": ["https://example.com/a.mp3", "https://example.com/b.mp3"],
+                "prompt": "a mashup",
+                "customMode": False,
+                "model": "V5",
+                "instrumental": False,
+                "callBackUrl": callback,
+            }
+            async with session.post(submit_url, json=payload, headers=HEADERS) as resp:
+                body = json.loads(await resp.read())
+            if body.get("code") != 200:
+                raise RuntimeError(body)
+            return body["data"]["taskId"]
+
+        client.callback_url = callback
+        submit_sdk, submit_raw = await _rounds(sdk_submit, raw_submit, n // 2, rounds)
+    return [
+        _figure(
+            "CPU per poll",
+            poll_sdk,
+            poll_raw,
+            1.5,
+            f"client.get_task vs session.get + json; {CONCURRENCY} concurrent, "
+            f"{n * rounds} each, SUCCESS task with 2 tracks",
+        ),
+        _figure(
+            "CPU per submit",
+            submit_sdk,
+            submit_raw,
+            1.5,
+            f"client.submit vs session.post + json; {CONCURRENCY} concurrent, "
+            f"{n // 2 * rounds} each, server not rate-limiting",
+        ),
+    ]
+
+
+def run(quick: bool) -> list[Figure]:
+    n, rounds = (1000, 3) if quick else (3000, 5)
+    with ServerProcess(enforce_rate_limits=False) as server:
+        task_ids = server.create(16, complete=0.0, first=0.0, text=0.0)
+        return asyncio.run(_run(server.url, task_ids, n, rounds))
