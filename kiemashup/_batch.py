@@ -212,7 +212,7 @@ async def run_batch(
     limit = DEFAULT_CONCURRENCY if concurrency is None else concurrency
     if limit < 1:
         raise ValueError(f"concurrency must be >= 1 (got {limit})")
-    opened = Journal(journal) if journal is not None else None
+    opened = await asyncio.to_thread(Journal, journal) if journal is not None else None
     queue: asyncio.Queue[BatchItem | _Stop] = asyncio.Queue(maxsize=limit)
     run = _Run(
         client,

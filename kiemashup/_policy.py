@@ -38,7 +38,10 @@ class PollPolicy:
     initial: float = attrs.field(default=2.0, validator=_positive)
     growth: float = attrs.field(default=0.12, validator=_non_negative)
     maximum: float = attrs.field(default=10.0, validator=_positive)
-    after_first: float = attrs.field(default=5.0, validator=_positive)
+    # 9 s, not 5: a task whose first track lands early would otherwise poll every 5 s
+    # until it completes; 9 s keeps a 150 s task at <= 25 polls wherever its first
+    # track lands (benchmarks/polls.py, docs/performance.md).
+    after_first: float = attrs.field(default=9.0, validator=_positive)
     jitter: float = attrs.field(default=0.1, validator=_non_negative)
     min_interval: float = attrs.field(default=0.34, validator=_positive)
     callback_grace: float = attrs.field(default=150.0, validator=_positive)

@@ -25,6 +25,9 @@ FAULT_KINDS: tuple[str, ...] = (
     "invalid_json",
     "reset_mid_body",
     "drip",
+    # Reliability soak (tests/test_soak.py): a normal reply whose ``data`` lost,
+    # renamed and gained fields, as a changed or lagging API might send.
+    "mangle",
 )
 
 
@@ -44,7 +47,9 @@ class Fault:
     ``drop_after_create`` excepted). Two kinds misbehave *while* sending a normal
     reply (meant for "audio", "file" and "upload"): ``reset_mid_body`` (headers
     and half the body, then the connection is aborted) and ``drip`` (the body in
-    8 pieces, ``delay`` seconds apart). Note that aiohttp's client silently retries
+    8 pieces, ``delay`` seconds apart). ``mangle`` does the work and answers
+    normally, but with fields of ``data`` dropped, renamed and added (see
+    ``_replies.mangle``; meant for "record-info"). Note that aiohttp's client silently retries
     an idempotent request (GET) once after a server disconnect, so a ``reset``
     on a GET endpoint needs ``times=2`` for the client to see the error.
     """

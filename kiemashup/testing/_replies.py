@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 from aiohttp import web
 
 from kiemashup.testing._faults import Fault
 
-__all__ = ["envelope", "fault_response", "hang_up", "redact"]
+__all__ = ["envelope", "fault_response", "hang_up", "mangle", "mangle_data", "redact"]
 
 _REDACTED = "<redacted>"
 _CODE_MESSAGES = {
@@ -66,3 +68,52 @@ def fault_response(fault: Fault, request: web.Request) -> web.StreamResponse:
     if fault.kind == "invalid_json":
         return web.Response(text='{"code":200,"msg":', content_type="application/json")
     return hang_up(request)  # "reset"
+
+
+# --- "mangle" (tests/test_soak.py): the API's fields drift ----------------------------------
+
+#: record-info fields a "mangle" fault drops, renames (old -> new) and adds.
+_MANGLE_DROP = ("param", "parentMusicId", "operationType", "errorMessage")
+_MANGLE_RENAME = {"type": "taskType", "errorCode": "error_code"}
+_MANGLE_TRACK_DROP = ("imageUrl", "tags", "prompt")
+_MANGLE_TRACK_RENAME = {"duration": "durationSeconds", "modelName": "model_name"}
+
+
+def mangle_data(data: object) -> object:
+    """``data`` with optional fields dropped, renamed and unknown ones added (tracks too).
+
+    ``taskId``, ``status`` and the tracks' ids and URLs survive: a lenient client
+    still follows the task, it only loses the details.
+    """
+    if not isinstance(data, dict):
+        return data
+    out = {_MANGLE_RENAME.get(k, k): v for k, v in data.items() if k not in _MANGLE_DROP}
+    out["futureField"] = {"added": True, "list": [1, 2, 3]}
+    response = out.get("response")
+    if isinstance(response, dict) and isinstance(response.get("sunoData"), list):
+        tracks = []
+        for track in response["sunoData"]:
+            if isinstance(track, dict):
+                track = {
+                    _MANGLE_TRACK_RENAME.get(k, k): v
+                    for k, v in track.items()
+                    if k not in _MANGLE_TRACK_DROP
+                }
+                track["lyricsUrl"] = None
+            tracks.append(track)
+        out["response"] = {**response, "sunoData": tracks, "extra": "unknown"}
+    return out
+
+
+def mangle(response: web.StreamResponse) -> web.StreamResponse:
+    """The same JSON envelope reply with its ``data`` passed through ``mangle_data``."""
+    body = response.body if isinstance(response, web.Response) else None
+    if not isinstance(body, bytes):
+        return response
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        return response
+    if isinstance(decoded, dict) and "data" in decoded:
+        decoded["data"] = mangle_data(decoded["data"])
+    return web.json_response(decoded, status=response.status)
