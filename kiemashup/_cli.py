@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--no-callbacks", action="store_true", help="poll only, without the callback receiver"
     )
+    demo.add_argument("--out", help="keep the downloaded tracks in this folder")
 
     for name, help_text in (
         ("status", "show a task's current state (one poll)"),
@@ -133,6 +134,7 @@ async def _demo(args: argparse.Namespace) -> int:
         count=args.count,
         scale=args.time_scale,
         callbacks=not args.no_callbacks,
+        out_dir=args.out,
         out=sys.stderr if args.json else sys.stdout,
     )
     if args.json:

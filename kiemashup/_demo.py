@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 from kiemashup._client import MashupClient
@@ -109,13 +111,29 @@ async def _follow(handle: TaskHandle, index: int, display: Display) -> TaskSnaps
 
 
 async def run_demo(
-    *, count: int = 4, scale: float = 1.0, callbacks: bool = True, out: TextIO = sys.stdout
+    *,
+    count: int = 4,
+    scale: float = 1.0,
+    callbacks: bool = True,
+    out_dir: str | None = None,
+    out: TextIO = sys.stdout,
 ) -> dict[str, Any]:
     """Run ``count`` mashups end to end; return a summary (also printed).
 
     With ``callbacks`` the fake server calls a loopback ``CallbackReceiver`` (signed with
     an HMAC key) and handles wake on each callback; without, the client polls alone.
+    Every finished track is downloaded into ``out_dir`` (a temporary folder by default).
     """
+    with tempfile.TemporaryDirectory(prefix="kiemashup-demo-") as tmp:
+        summary = await _run_demo(count, scale, callbacks, Path(out_dir or tmp), out)
+        if out_dir is None:
+            out.write("(a temporary folder, now removed: pass --out DIR to keep the tracks)\n")
+        return summary
+
+
+async def _run_demo(
+    count: int, scale: float, callbacks: bool, out_dir: Path, out: TextIO
+) -> dict[str, Any]:
     requests = [DEMO_REQUESTS[i % len(DEMO_REQUESTS)] for i in range(count)]
     names = [f"mashup {i + 1}" for i in range(count)]
     policy = PollPolicy(
@@ -164,13 +182,19 @@ async def run_demo(
                 ]
                 out.write(f"  {name} ({handle.task_id[:8]}, {polls} polls):\n")
                 for track in result.tracks:
-                    out.write(f"    - {track.title} [{track.duration}s] {track.audio_url}\n")
+                    path = await client.download(track, out_dir)
+                    size = path.stat().st_size
+                    entry.setdefault("downloads", []).append({"path": str(path), "bytes": size})
+                    out.write(
+                        f"    - {track.title} [{track.duration}s] -> {path.name} ({size} B)\n"
+                    )
             summary["tasks"].append(entry)
         summary["requests"] = client.requests_sent
         summary["callbacks_received"] = receiver.accepted
         out.write(
             f"\n{count} mashups, {client.requests_sent} API requests, "
-            f"{receiver.accepted} callbacks in {time.monotonic() - display.started:.1f}s.\n"
+            f"{receiver.accepted} callbacks in {time.monotonic() - display.started:.1f}s; "
+            f"tracks downloaded to {out_dir}\n"
         )
     return summary
 

@@ -40,6 +40,9 @@ async def test_demo_runs_round_trips_offline() -> None:
     assert summary["requests"] >= 3
     assert summary["callbacks_received"] >= 9  # text, first, complete for each task
     assert all(t["polls"] <= 2 for t in summary["tasks"])  # callbacks did the waking
+    downloads = [d for t in summary["tasks"] for d in t["downloads"]]
+    assert len(downloads) == 6
+    assert all(d["bytes"] > 0 for d in downloads)
     assert "mashup 3" in err  # the live display went to stderr because of --json
 
 
