@@ -7,10 +7,9 @@ import os
 import random
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import aiohttp
 
@@ -68,7 +67,7 @@ class MashupClient:
         rate_limits: RateLimits | None = None,
         timeouts: Timeouts | None = None,
         confirm_callbacks: bool = True,
-        rand: Any = None,
+        rand: Callable[[], float] | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("KIE_API_KEY")
         if not key:
@@ -81,8 +80,8 @@ class MashupClient:
         self.receiver = receiver
         self._webhook_hmac_key = webhook_hmac_key
         if receiver is not None and webhook_hmac_key not in (None, receiver.hmac_key):
-            # fix: the key was stored and never used, so a receiver built without it
-            # silently accepted unsigned callbacks. The receiver is what verifies.
+            # The receiver is what verifies signatures: a key given only here would
+            # silently leave callbacks unverified.
             raise KieError(
                 "webhook_hmac_key differs from the receiver's: pass it as "
                 "CallbackReceiver(hmac_key=...)"
@@ -345,7 +344,7 @@ class MashupClient:
             return False
         moved = state.offer(snapshot)
         if moved:
-            # fix: only news restarts the grace clock; a duplicate or stale callback
+            # Only news restarts the grace clock: a duplicate or stale callback
             # (say, "first" re-sent every minute) must not postpone the safety-net poll
             # that rescues a task whose next callback was dropped.
             state.last_callback = self._now()

@@ -65,8 +65,8 @@ class CallbackReceiver:
         window: float = 300.0,
         max_body: int = MAX_BODY,
         body_timeout: float = 10.0,
-        # fix: was 5.0, but aiohttp waits this long for a request whose body is still
-        # arriving when close() starts, so close() overran its 5 s promise.
+        # Below the promised 5 s: aiohttp waits this long for a request whose body is
+        # still arriving when close() starts.
         shutdown_timeout: float = 3.0,
         path_token: str | None = None,
     ) -> None:
@@ -104,7 +104,7 @@ class CallbackReceiver:
             return f"{self.public_url}/{self._token}"
         if self._runner is None:
             raise KieError("the receiver has no public_url and is not started")
-        host = f"[{self.host}]" if ":" in self.host else self.host  # fix: IPv6 literal
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6 literal
         return f"http://{host}:{self.port}/{self._token}"
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
@@ -123,7 +123,7 @@ class CallbackReceiver:
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()
-        except BaseException:  # fix: a failed bind (port in use) must not leak the runner
+        except BaseException:  # a failed bind must not leak the runner
             await runner.cleanup()
             raise
         self._runner = runner
@@ -161,7 +161,7 @@ class CallbackReceiver:
             except TimeoutError as exc:  # a slow-drip sender does not hold us hostage
                 raise CallbackRejected("body not received in time", http_status=408) from exc
             if len(body) > self.max_body:
-                # fix: mounted with add_subapp, the *parent* app's client_max_size governs
+                # Mounted with add_subapp, the *parent* app's client_max_size governs
                 # read(), so a chunked body over our limit could get through.
                 raise CallbackRejected("body too large", http_status=413)
             snapshot = parse_callback_at(
@@ -175,7 +175,7 @@ class CallbackReceiver:
             )
         if self._hmac_key is not None and self._is_replay(request, snapshot):
             return web.json_response({"status": "duplicate"})
-        self.accepted += 1  # fix: counted after the replay check, so replays are not "accepted"
+        self.accepted += 1  # after the replay check: replays are not "accepted"
         for listener in list(self._listeners):
             try:
                 listener(snapshot)

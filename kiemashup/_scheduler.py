@@ -77,7 +77,7 @@ class PollScheduler:
 
     def _first_delay(self, state: TaskState) -> float:
         latest = state.latest
-        # fix: a task whose callbacks flow (last_callback set, e.g. an early callback
+        # A task whose callbacks flow (last_callback set, e.g. an early callback
         # drained at submit, or updates() re-watching between stages) is not "re-attached":
         # polling it at once would cost a poll per stage.
         if latest is None or (latest.source != "submit" and state.last_callback is None):
