@@ -8,6 +8,7 @@ tracking benchmarks), and report the server's own rate-limit counters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import threading
 from multiprocessing.connection import Connection
@@ -39,6 +40,8 @@ async def _serve(conn: Connection, options: dict[str, Any]) -> None:
         credits=10**12,
         credits_per_task=1,
         enforce_rate_limits=options.get("enforce_rate_limits", True),
+        creation_limit=options.get("creation_limit", 20),
+        creation_window=options.get("creation_window", 10.0),
         default_timeline=_timeline(options.get("timeline")),
     )
     stop = asyncio.Event()
@@ -112,16 +115,16 @@ class ServerProcess:
         self._process = ctx.Process(target=_child, args=(child, self.options), daemon=True)
         self._process.start()
         self._conn = parent
+        if not parent.poll(30):
+            raise RuntimeError("the fake server process did not start")
         status, url = parent.recv()
         assert status == "ok", url
         self.url = url
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
+        with contextlib.suppress(EOFError, OSError):
             self.call("stop")
-        except (EOFError, OSError, BrokenPipeError):
-            pass
         self._process.join(5)
         if self._process.is_alive():
             self._process.terminate()

@@ -78,10 +78,49 @@ CONVERTER = make_converter()
 _TRACK_FIELDS = frozenset(a.name for a in attrs.fields(Track))
 
 
+# Performance (docs/performance.md, "CPU per poll"): parsing tracks through cattrs was
+# the largest part of the SDK's CPU cost per poll. Tracks in Kie's usual shape (string
+# fields in either casing, a numeric duration) are built directly; anything else takes
+# the converter, which stays the one authority on leniency and errors.
+_FIELD_OF_KEY: dict[str, str] = {}
+for _name in _TRACK_FIELDS:
+    _FIELD_OF_KEY[_name] = _name
+    _FIELD_OF_KEY[camel(_name)] = _name
+
+
+def _usual_track(raw: Mapping[Any, Any]) -> Track | None:
+    """The track the converter would build, or None when ``raw`` is not in the usual shape."""
+    fields: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = _FIELD_OF_KEY.get(key) if type(key) is str else None
+        if name is None:
+            if isinstance(key, str) and snake(key) in _TRACK_FIELDS:
+                return None  # an unusual spelling of a field: the converter decides
+            continue
+        kind = type(value)
+        if kind is str:
+            if name == "duration":
+                return None
+            if value:
+                fields[name] = value
+            else:
+                fields.pop(name, None)  # "" means missing, and the last spelling wins
+        elif value is None:
+            fields.pop(name, None)
+        elif name == "duration" and kind is float:  # an int may overflow: the converter
+            fields[name] = value
+        else:
+            return None
+    return Track(**fields)
+
+
 def structure_track(raw: object) -> Track:
     """One track from a record-info ``sunoData`` item or a callback ``data.data`` item."""
     if not isinstance(raw, Mapping):
         raise ProtocolError(f"track entry is not an object: {type(raw).__name__}")
+    usual = _usual_track(raw)
+    if usual is not None:
+        return usual
     normalised = {}
     for key, value in raw.items():
         if isinstance(key, str):
