@@ -218,9 +218,9 @@ class MashupClient:
         if not isinstance(request, MashupRequest):
             raise TypeError(f"submit() takes a MashupRequest, not {type(request).__name__}")
         url = self.callback_url_for(request)
-        if url != request.callback_url:
-            request = request.with_callback_url(url)
-        task_id = await self._transport.submit(SUBMIT_PATH, request.to_payload(), request)
+        payload = request.to_payload()
+        payload["callBackUrl"] = url  # not evolve(): that would validate the request again
+        task_id = await self._transport.submit(SUBMIT_PATH, payload, request)
         state = self._state(task_id)
         state.offer(make_snapshot(task_id, "PENDING", source="submit"))
         if url != PLACEHOLDER_CALLBACK_URL:

@@ -106,6 +106,8 @@ class Transport:
         self._timeout = aiohttp.ClientTimeout(
             total=timeouts.total, connect=timeouts.connect, sock_read=timeouts.read
         )
+        # Built once: requests are hot, and the key never needs formatting again.
+        self._auth_headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
         self._sleep = sleep
         self._rand = rand
         self._wall_clock = wall_clock
@@ -139,7 +141,7 @@ class Transport:
         self._session = None
 
     def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._api_key}", "User-Agent": USER_AGENT}
+        return self._auth_headers
 
     async def send(
         self,

@@ -142,18 +142,26 @@ def structure_tracks(raw: object) -> tuple[Track, ...]:
     return tuple(structure_track(item) for item in raw)
 
 
+_PLAIN = (str, bool, int, float)
+_field_names: dict[type, tuple[tuple[str, str], ...]] = {}
+
+
 def unstructure_request(request: attrs.AttrsInstance) -> dict[str, Any]:
     """The camelCase JSON body for an attrs request object; ``None`` fields are omitted."""
+    cls = type(request)
+    names = _field_names.get(cls)
+    if names is None:  # (field, JSON key) pairs, computed once per class
+        names = _field_names[cls] = tuple((f.name, camel(f.name)) for f in attrs.fields(cls))
     body: dict[str, Any] = {}
-    for field in attrs.fields(type(request)):
-        value = getattr(request, field.name)
+    for name, key in names:
+        value = getattr(request, name)
         if value is None:
             continue
-        if isinstance(value, tuple):
-            value = [CONVERTER.unstructure(v) for v in value]
-        elif isinstance(value, enum.Enum):  # cattrs passes str enums through as enums
+        if isinstance(value, enum.Enum):  # cattrs passes str enums through as enums
             value = value.value
-        else:
+        elif isinstance(value, tuple):
+            value = [CONVERTER.unstructure(v) for v in value]
+        elif not isinstance(value, _PLAIN):
             value = CONVERTER.unstructure(value)
-        body[camel(field.name)] = value
+        body[key] = value
     return body
