@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+import aiohttp
+
 from kiemashup._cli import EXIT_API, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from kiemashup.testing import FakeKieServer, Timeline
 
@@ -62,22 +64,7 @@ async def test_status_and_wait_against_fake_server() -> None:
     async with FakeKieServer() as server:
         server.script(Timeline.success(text=0.01, first=0.02, complete=0.03))
         env = {"KIE_API_KEY": "k", "KIE_BASE_URL": server.url}
-        import aiohttp
-
-        async with aiohttp.ClientSession() as s:
-            body = {
-                "uploadUrlList": ["https://a.example/1.mp3", "https://a.example/2.mp3"],
-                "customMode": False,
-                "model": "V5",
-                "prompt": "p",
-                "callBackUrl": "https://cb.example/x",
-            }
-            async with s.post(
-                server.url + "/api/v1/generate/mashup",
-                json=body,
-                headers={"Authorization": "Bearer k"},
-            ) as r:
-                task_id = (await r.json())["data"]["taskId"]
+        task_id = await _create(server.url)
         await asyncio.sleep(0.05)
         code, out, err = await run_cli("status", task_id, "--json", env=env)
         assert code == EXIT_OK, err
@@ -122,8 +109,7 @@ async def test_usage_error_exit_code() -> None:
 
 
 async def _create(url: str) -> str:
-    import aiohttp
-
+    """Create a task on the fake server with a raw POST (not through the SDK)."""
     async with aiohttp.ClientSession() as s:
         body = {
             "uploadUrlList": ["https://a.example/1.mp3", "https://a.example/2.mp3"],
