@@ -85,8 +85,12 @@ class CallbackReceiver:
         self._runner: web.AppRunner | None = None
         self.accepted = 0
         self.rejected = 0
+        self.replayed = 0  # signed deliveries seen before: answered 200, handed to nobody
         self.app = web.Application(client_max_size=max_body)
         self.app.router.add_post(f"/{self._token}", self._handle)
+        # Reliability: a wrong path token (or method) is a forgery too; count it in
+        # ``rejected`` so that every refused delivery is accounted for (still a 404).
+        self.app.router.add_route("*", "/{tail:.*}", self._not_found)
 
     def __repr__(self) -> str:
         signed = "signed" if self._hmac_key else "unsigned"
@@ -174,6 +178,7 @@ class CallbackReceiver:
                 {"status": "rejected", "reason": exc.reason}, status=exc.http_status
             )
         if self._hmac_key is not None and self._is_replay(request, snapshot):
+            self.replayed += 1
             return web.json_response({"status": "duplicate"})
         self.accepted += 1  # after the replay check: replays are not "accepted"
         for listener in list(self._listeners):
@@ -182,6 +187,11 @@ class CallbackReceiver:
             except Exception:  # a listener bug must not cost Kie's delivery or our server
                 log.exception("callback listener failed for task %s", snapshot.task_id)
         return web.json_response({"status": "received"})
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        self.rejected += 1
+        log.warning("rejected callback from %s: unknown path", request.remote)
+        return web.json_response({"status": "rejected", "reason": "not found"}, status=404)
 
     def _is_replay(self, request: web.Request, snapshot: TaskSnapshot) -> bool:
         """A signed delivery seen before (same task, timestamp and status) is ignored.

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from kiemashup.testing._callbacks import CallbackDelivery, CallbackFaults, CallbackSender
 from kiemashup.testing._faults import Fault, FaultQueue
-from kiemashup.testing._replies import envelope, fault_response, hang_up, redact
+from kiemashup.testing._replies import envelope, fault_response, hang_up, mangle, redact
 from kiemashup.testing._schema import payload_problems
 from kiemashup.testing._task import (
     FakeTask,
@@ -53,7 +53,9 @@ class FakeKieServer:
     Use ``async with FakeKieServer() as server:`` and point a client at
     ``server.url``. Tasks follow their ``Timeline``, taken in order from
     ``script()``, else from ``timeline_for(payload)``, else ``default_timeline``.
-    Time is read from ``clock`` (default ``time.monotonic``).
+    Time is read from ``clock`` (default ``time.monotonic``). Faults come from
+    ``inject()``, else from ``fault_for(recorded_request)`` when set (seeded chaos).
+    ``restart(down_for=...)`` takes the server down and back on the same port.
     """
 
     def __init__(
@@ -84,12 +86,15 @@ class FakeKieServer:
         self.audio_bytes = audio_bytes
         self.clock: Callable[[], float] = clock or time.monotonic
         self.timeline_for: Callable[[dict[str, Any]], Timeline | None] | None = None
+        # Asked for a fault when no injected one matches (seeded chaos, tests/test_soak.py).
+        self.fault_for: Callable[[RecordedRequest], Fault | None] | None = None
         self.tasks: dict[str, FakeTask] = {}
         self.requests: list[RecordedRequest] = []
         self._script: deque[Timeline] = deque()
         self._faults = FaultQueue()
         self._creation_times: list[float] = []
         self._creation_violations = 0
+        self.restarts = 0
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
         # Callbacks (see _callbacks.py): signed with this key when set; faults apply to
@@ -119,6 +124,7 @@ class FakeKieServer:
             raise
         self._runner = runner
         port = runner.addresses[0][1]
+        self.port = port  # fix: restart() rebinds the same port, not a new free one
         host = f"[{self.host}]" if ":" in self.host else self.host
         self._url = f"http://{host}:{port}"
 
@@ -128,6 +134,23 @@ class FakeKieServer:
         if runner is not None:
             await runner.cleanup()
         await self._callbacks.aclose()  # after the handlers: a submit may be delivering
+
+    async def restart(self, down_for: float = 0.0) -> None:
+        """Stop serving, stay down ``down_for`` seconds (connections are refused), serve again.
+
+        Tasks, uploads, recorded requests, faults and pending callbacks are kept, and
+        the same port is bound again, so clients reconnect to the same ``url``.
+        Cancelled while down, it still binds again before the cancellation goes on.
+        """
+        runner, self._runner = self._runner, None
+        if runner is None:
+            raise RuntimeError("FakeKieServer is not started")
+        await runner.cleanup()  # closes every connection; the callback sender keeps going
+        self.restarts += 1
+        try:
+            await asyncio.sleep(down_for)
+        finally:
+            await self.start()
 
     async def __aenter__(self) -> FakeKieServer:
         await self.start()
@@ -221,42 +244,50 @@ class FakeKieServer:
 
     def _serve(self, endpoint: str, handler: Handler, *, auth: bool) -> Handler:
         async def serve(request: web.Request) -> web.StreamResponse:
-            await self._record(request, endpoint)
+            recorded = await self._record(request, endpoint)
             fault = self._faults.take(endpoint) if endpoint != "unknown" else None
+            if fault is None and self.fault_for is not None and endpoint != "unknown":
+                fault = self.fault_for(recorded)
             kind = fault.kind if fault is not None else None
             if kind == "slow":
                 assert fault is not None
                 await asyncio.sleep(fault.delay)
-            elif fault is not None and kind not in ("drop_after_create", *BODY_FAULT_KINDS):
+            elif fault is not None and kind not in (
+                "drop_after_create",
+                "mangle",
+                *BODY_FAULT_KINDS,
+            ):
                 return fault_response(fault, request)
             if auth and not self._authorized(request):
                 return envelope(401)
             response = await handler(request)
             if kind == "drop_after_create":  # the work is done, the reply is lost
                 return hang_up(request)
+            if kind == "mangle":
+                return mangle(response)
             if fault is not None and kind in BODY_FAULT_KINDS:
                 return await body_fault(fault, request, response)
             return response
 
         return serve
 
-    async def _record(self, request: web.Request, endpoint: str) -> None:
+    async def _record(self, request: web.Request, endpoint: str) -> RecordedRequest:
         body: object | None = None
         if request.body_exists and request.content_type.endswith("json"):
             try:
                 body = json.loads(await request.read())
             except ValueError:
                 body = None
-        self.requests.append(
-            RecordedRequest(
-                method=request.method,
-                path=request.path,
-                query=dict(request.query),
-                json=body,
-                headers=redact(dict(request.headers)),
-                endpoint=endpoint,
-            )
+        recorded = RecordedRequest(
+            method=request.method,
+            path=request.path,
+            query=dict(request.query),
+            json=body,
+            headers=redact(dict(request.headers)),
+            endpoint=endpoint,
         )
+        self.requests.append(recorded)
+        return recorded
 
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
