@@ -63,12 +63,12 @@ class RateGate:
         self._clock = clock
         self._sleep = sleep
 
-    async def acquire(self) -> None:
+    def reserve(self) -> float:
+        """Take the next slot; the seconds to wait for it (synchronous: no coroutine per call)."""
         now = self._clock()
         slot = max(now, self._next)
         self._next = slot + self._interval
-        if slot > now:
-            await self._sleep(slot - now)
+        return slot - now
 
 
 RETRYABLE_READ = (
@@ -156,7 +156,9 @@ class Transport:
 
         ``data`` is passed to aiohttp as is (a ``FormData`` for multipart uploads).
         """
-        await self._gate.acquire()
+        delay = self._gate.reserve()
+        if delay > 0:
+            await self._sleep(delay)
         async with self._in_flight:
             self.requests_sent += 1
             try:

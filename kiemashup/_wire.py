@@ -86,31 +86,27 @@ _FIELD_OF_KEY: dict[str, str] = {}
 for _name in _TRACK_FIELDS:
     _FIELD_OF_KEY[_name] = _name
     _FIELD_OF_KEY[camel(_name)] = _name
+_USUAL_KEYS = frozenset(_FIELD_OF_KEY)
 
 
 def _usual_track(raw: Mapping[Any, Any]) -> Track | None:
     """The track the converter would build, or None when ``raw`` is not in the usual shape."""
+    if not raw.keys() <= _USUAL_KEYS:  # a set test in C; unusual spellings take the converter
+        return None
     fields: dict[str, Any] = {}
     for key, value in raw.items():
-        name = _FIELD_OF_KEY.get(key) if type(key) is str else None
-        if name is None:
-            if isinstance(key, str) and snake(key) in _TRACK_FIELDS:
-                return None  # an unusual spelling of a field: the converter decides
-            continue
         kind = type(value)
         if kind is str:
-            if name == "duration":
-                return None
-            if value:
-                fields[name] = value
-            else:
-                fields.pop(name, None)  # "" means missing, and the last spelling wins
+            if value:  # "" means missing
+                fields[_FIELD_OF_KEY[key]] = value
         elif value is None:
-            fields.pop(name, None)
-        elif name == "duration" and kind is float:  # an int may overflow: the converter
-            fields[name] = value
+            continue
+        elif kind is float and key == "duration":  # an int may overflow: the converter
+            fields["duration"] = value
         else:
             return None
+    if type(fields.get("duration", 0.0)) is str:
+        return None  # a numeric string: the converter decides
     return Track(**fields)
 
 
