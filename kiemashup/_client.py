@@ -112,6 +112,7 @@ class MashupClient:
             self.poll_policy,
             max_in_flight=self.rate_limits.max_in_flight,
             rand=rand,
+            on_crash=self._fail_all,
         )
         self._hooks = Hooks(fetch=self._fetch, watch=self._watch, unwatch=self._scheduler.unwatch)
         self._states: weakref.WeakValueDictionary[str, TaskState] = weakref.WeakValueDictionary()
@@ -145,10 +146,13 @@ class MashupClient:
         if self._unsubscribe is not None:
             self._unsubscribe()
         await self._scheduler.aclose()
-        closed = ClientClosedError("the client was closed")
-        for state in list(self._states.values()):
-            state.fail_waiters(closed)
+        self._fail_all(ClientClosedError("the client was closed"))
         await self._transport.aclose()
+
+    def _fail_all(self, error: BaseException) -> None:
+        """Hand ``error`` to every pending wait (closing, or the scheduler crashed)."""
+        for state in list(self._states.values()):
+            state.fail_waiters(error)
 
     # --- state ---------------------------------------------------------------------------------
 

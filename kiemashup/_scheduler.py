@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import random
 from collections.abc import Awaitable, Callable
 
@@ -30,6 +31,8 @@ from kiemashup._models import Stage, TaskSnapshot
 from kiemashup._policy import PollPolicy
 from kiemashup._sansio import outage_interval, poll_interval
 
+log = logging.getLogger("kiemashup.scheduler")
+
 TRANSIENT = (TransportError, RateLimitError, ServiceUnavailableError, ServerError, ProtocolError)
 
 
@@ -44,6 +47,7 @@ class PollScheduler:
         max_in_flight: int,
         rand: Callable[[], float] = random.random,
         on_poll_error: Callable[[TaskState, BaseException], None] | None = None,
+        on_crash: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._fetch = fetch
         self.policy = policy
@@ -55,6 +59,7 @@ class PollScheduler:
         self._wakeup: asyncio.Future[None] | None = None
         self._polls: set[asyncio.Task[None]] = set()
         self._on_poll_error = on_poll_error
+        self._on_crash = on_crash
         self.closed = False
         self.lateness: list[float] | None = None  # set to [] to record (benchmarks)
 
@@ -111,6 +116,20 @@ class PollScheduler:
             self._runner = asyncio.get_running_loop().create_task(
                 self._run(), name="kiemashup-poll-scheduler"
             )
+            self._runner.add_done_callback(self._runner_done)
+
+    def _runner_done(self, runner: asyncio.Task[None]) -> None:
+        """A crashed runner (a bug) must reach the waiters, not vanish in a task."""
+        if runner.cancelled() or runner.exception() is None:
+            return
+        error = runner.exception()
+        assert error is not None
+        log.error("kiemashup poll scheduler stopped", exc_info=error)
+        self.closed = True
+        for _due, _seq, state in self._heap:
+            state.fail_waiters(error)
+        if self._on_crash is not None:  # the owner knows the tasks that are off the heap
+            self._on_crash(error)
 
     def replan(self, state: TaskState) -> None:
         """Re-plan ``state`` after news from elsewhere (a callback) changed its cadence."""

@@ -166,3 +166,38 @@ class HandleMachine(RuleBasedStateMachine):
 
 HandleMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 TestHandleMachine = HandleMachine.TestCase
+
+
+def test_a_crashed_scheduler_fails_its_waiters() -> None:
+    """A bug that kills the poll scheduler reaches every waiter instead of hanging them."""
+
+    async def scenario() -> None:
+        async def fetch(state: TaskState) -> TaskSnapshot:
+            raise AssertionError("unreachable")
+
+        state = TaskState("t", 0.0)
+        scheduler = PollScheduler(fetch, FAST, max_in_flight=1, on_crash=state.fail_waiters)
+        state.offer(make_snapshot("t", "PENDING", source="submit"))
+        handle = TaskHandle(
+            state, Hooks(fetch=fetch, watch=scheduler.watch, unwatch=scheduler.unwatch)
+        )
+        waiter = asyncio.ensure_future(handle.wait())
+        await asyncio.sleep(0)  # the wait is registered and the runner started
+        scheduler._slots = None  # type: ignore[assignment]  # a bug inside the runner
+        try:
+            async with asyncio.timeout(5):
+                await waiter
+        except AttributeError:
+            pass  # the runner's own error, handed to the waiter
+        else:
+            raise AssertionError("the wait should have failed")
+        assert scheduler.closed
+        await scheduler.aclose()
+
+    import logging
+
+    logging.disable(logging.CRITICAL)
+    try:
+        asyncio.run(scenario())
+    finally:
+        logging.disable(logging.NOTSET)
