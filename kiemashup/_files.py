@@ -75,8 +75,9 @@ class FileTransfer:
         self._transport = transport
         self.upload_base_url = upload_base_url.rstrip("/")
         self._retry = retry
-        # Downloads can be long: bound connect and each read, not the whole transfer.
-        self._download_timeout = aiohttp.ClientTimeout(
+        # Uploads and downloads of big files can be long: bound connect and each read
+        # (a stall), not the whole transfer.
+        self._transfer_timeout = aiohttp.ClientTimeout(
             total=None, connect=timeouts.connect, sock_read=timeouts.read
         )
         self._rand = rand
@@ -171,7 +172,9 @@ class FileTransfer:
         attempt = 1
         while True:
             try:
-                status, retry_after, reply = await self._transport.send("POST", url, **body())
+                status, retry_after, reply = await self._transport.send(
+                    "POST", url, timeout=self._transfer_timeout, **body()
+                )
                 return parse_upload_reply(status, reply, retry_after=retry_after, now=time.time())
             except RETRYABLE_READ as exc:
                 if attempt >= limit:
@@ -231,7 +234,7 @@ class FileTransfer:
     async def _fetch_into(self, url: str, out: IO[bytes], progress: Progress | None) -> None:
         try:
             async with self._transport.session.get(
-                url, headers={"User-Agent": USER_AGENT}, timeout=self._download_timeout
+                url, headers={"User-Agent": USER_AGENT}, timeout=self._transfer_timeout
             ) as resp:
                 if resp.status >= 500 or resp.status == 429:
                     raise ServerError(resp.status, f"HTTP {resp.status}", http_status=resp.status)
