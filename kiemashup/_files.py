@@ -173,7 +173,7 @@ class FileTransfer:
         while True:
             try:
                 status, retry_after, reply = await self._transport.send(
-                    "POST", url, timeout=self._transfer_timeout, **body()
+                    "POST", url, http_timeout=self._transfer_timeout, **body()
                 )
                 return parse_upload_reply(status, reply, retry_after=retry_after, now=time.time())
             except RETRYABLE_READ as exc:

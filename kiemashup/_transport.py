@@ -151,12 +151,12 @@ class Transport:
         params: Mapping[str, str] | None = None,
         json: Any = None,
         data: Any = None,
-        timeout: aiohttp.ClientTimeout | None = None,
+        http_timeout: aiohttp.ClientTimeout | None = None,
     ) -> tuple[int, str | None, bytes]:
         """One HTTP exchange under the client's caps: (status, Retry-After, body).
 
         ``data`` is passed to aiohttp as is (a ``FormData`` for multipart uploads);
-        ``timeout`` replaces the per-request timeouts (uploads have no total limit).
+        ``http_timeout`` replaces the per-request timeouts (uploads have no total limit).
         """
         delay = self._gate.reserve()
         if delay > 0:
@@ -171,7 +171,7 @@ class Transport:
                     json=json,
                     data=data,
                     headers=self._headers(),
-                    timeout=timeout or self._timeout,
+                    timeout=http_timeout or self._timeout,
                 ) as resp:
                     body = await resp.read()
                     return resp.status, resp.headers.get("Retry-After"), body
