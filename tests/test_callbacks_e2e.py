@@ -16,14 +16,12 @@ from kiemashup import (
     MashupClient,
     MashupRequest,
     PollPolicy,
-    RateLimits,
     RetryPolicy,
     Stage,
     TaskFailedError,
     TaskHandle,
     TaskSnapshot,
     TaskStatus,
-    Timeouts,
     parse_callback,
 )
 from kiemashup._sansio import PLACEHOLDER_CALLBACK_URL
@@ -62,38 +60,24 @@ async def receiver() -> AsyncIterator[CallbackReceiver]:
         yield started
 
 
-@pytest_asyncio.fixture
-async def make_client(
-    server: FakeKieServer, receiver: CallbackReceiver
-) -> AsyncIterator[ClientFactory]:
-    """Clients wired to ``server`` and ``receiver`` (override any option); closed at teardown."""
-    clients: list[MashupClient] = []
+@pytest.fixture
+def make_client(
+    make_client: ClientFactory, server: FakeKieServer, receiver: CallbackReceiver
+) -> ClientFactory:
+    """conftest's client factory, wired to this module's signing server and receiver."""
 
     def factory(**overrides: Any) -> MashupClient:
         options: dict[str, Any] = {
             "api_key": API_KEY,
-            "base_url": server.url,
+            "server": server,
             "receiver": receiver,
             "poll_policy": HYBRID,
             "retry_policy": RetryPolicy(attempts=3, base=0.01, cap=0.05),
-            "rate_limits": RateLimits(requests_per_second=2000),
-            "timeouts": Timeouts(connect=2.0, read=5.0, total=10.0),
         }
         options.update(overrides)
-        client = MashupClient(**options)
-        clients.append(client)
-        return client
+        return make_client(**options)
 
-    yield factory
-    for client in clients:
-        await client.aclose()
-
-
-@pytest.fixture
-def request_() -> MashupRequest:
-    return MashupRequest(
-        ("https://example.com/a.mp3", "https://example.com/b.mp3"), prompt="two songs, one groove"
-    )
+    return factory
 
 
 def polls(server: FakeKieServer, handle: TaskHandle) -> int:
@@ -125,11 +109,11 @@ async def until(predicate: Callable[[], bool]) -> None:
 
 
 async def test_callbacks_wake_each_stage_and_polling_only_confirms(
-    make_client: ClientFactory, server: FakeKieServer, request_: MashupRequest
+    make_client: ClientFactory, server: FakeKieServer, mashup_request: MashupRequest
 ) -> None:
     """Each stage arrives by callback; the only poll is the one confirming the complete callback."""
     client = make_client()
-    handle = await client.submit(request_)
+    handle = await client.submit(mashup_request)
     assert await stages_of(handle) == [Stage.TEXT, Stage.FIRST, Stage.COMPLETE]
     assert handle.latest is not None
     assert handle.latest.source == "poll"  # the confirmation, not the unsigned body
@@ -137,15 +121,15 @@ async def test_callbacks_wake_each_stage_and_polling_only_confirms(
     assert polls(server, handle) == 1
     assert delivered(server, handle.task_id) == ["text", "first", "complete"]
     sent_url = server.requests[0].json["callBackUrl"]  # type: ignore[index]
-    assert sent_url == client.callback_url_for(request_)
+    assert sent_url == client.callback_url_for(mashup_request)
 
 
 async def test_many_tasks_need_at_most_two_polls_each(
-    make_client: ClientFactory, server: FakeKieServer, request_: MashupRequest
+    make_client: ClientFactory, server: FakeKieServer, mashup_request: MashupRequest
 ) -> None:
     """Eight concurrent waits finish on callbacks with at most two polls per task."""
     client = make_client()
-    handles = [await client.submit(request_) for _ in range(8)]
+    handles = [await client.submit(mashup_request) for _ in range(8)]
     async with asyncio.timeout(10):
         results = await asyncio.gather(*(h.wait() for h in handles))
     assert all(r.status is TaskStatus.SUCCESS for r in results)
@@ -153,11 +137,11 @@ async def test_many_tasks_need_at_most_two_polls_each(
 
 
 async def test_an_error_callback_fails_the_wait_after_a_confirming_poll(
-    make_client: ClientFactory, server: FakeKieServer, request_: MashupRequest
+    make_client: ClientFactory, server: FakeKieServer, mashup_request: MashupRequest
 ) -> None:
     """An error callback raises TaskFailedError with the poll's status and code, after one poll."""
     server.script(Timeline.failure(at=0.1, after="TEXT_SUCCESS", error_code=531))
-    handle = await make_client().submit(request_)
+    handle = await make_client().submit(mashup_request)
     with pytest.raises(TaskFailedError) as info:
         async with asyncio.timeout(10):
             await handle.wait()
@@ -168,10 +152,10 @@ async def test_an_error_callback_fails_the_wait_after_a_confirming_poll(
 
 
 async def test_without_confirmation_callbacks_alone_finish_the_task(
-    make_client: ClientFactory, server: FakeKieServer, request_: MashupRequest
+    make_client: ClientFactory, server: FakeKieServer, mashup_request: MashupRequest
 ) -> None:
     """With confirm_callbacks=False a task completes on callbacks with no poll at all."""
-    handle = await make_client(confirm_callbacks=False).submit(request_)
+    handle = await make_client(confirm_callbacks=False).submit(mashup_request)
     async with asyncio.timeout(10):
         done = await handle.wait()
     assert (done.source, done.stage) == ("callback", Stage.COMPLETE)
@@ -179,11 +163,11 @@ async def test_without_confirmation_callbacks_alone_finish_the_task(
 
 
 async def test_without_a_receiver_the_client_polls_and_sends_its_callback_url(
-    make_client: ClientFactory, server: FakeKieServer, request_: MashupRequest
+    make_client: ClientFactory, server: FakeKieServer, mashup_request: MashupRequest
 ) -> None:
     """No receiver: the placeholder (or callback_url) is sent, and polling alone finishes tasks."""
     polling = make_client(receiver=None, poll_policy=RESCUE)
-    handle = await polling.submit(request_)
+    handle = await polling.submit(mashup_request)
     async with asyncio.timeout(10):
         assert (await handle.wait()).stage is Stage.COMPLETE
     assert polls(server, handle) >= 1
@@ -191,7 +175,7 @@ async def test_without_a_receiver_the_client_polls_and_sends_its_callback_url(
     assert server.callbacks_sent == []  # the placeholder is never called
 
     mine = make_client(receiver=None, callback_url="https://hooks.example.com/kie")
-    await mine.submit(request_)
+    await mine.submit(mashup_request)
     assert server.requests[-1].json["callBackUrl"] == "https://hooks.example.com/kie"  # type: ignore[index]
     assert server.callbacks_sent == []  # not loopback: the fake does not call it
 
@@ -200,11 +184,11 @@ async def test_without_a_receiver_the_client_polls_and_sends_its_callback_url(
 
 
 async def test_duplicated_callbacks_change_nothing(
-    make_client: ClientFactory, server: FakeKieServer, request_: MashupRequest
+    make_client: ClientFactory, server: FakeKieServer, mashup_request: MashupRequest
 ) -> None:
     """Every callback sent twice: each stage is still yielded once, with one poll."""
     server.callback_faults = CallbackFaults(duplicate=1.0)
-    handle = await make_client().submit(request_)
+    handle = await make_client().submit(mashup_request)
     assert await stages_of(handle) == [Stage.TEXT, Stage.FIRST, Stage.COMPLETE]
     await until(lambda: len(delivered(server, handle.task_id)) == 6)
     assert polls(server, handle) == 1
@@ -220,13 +204,13 @@ async def test_duplicated_callbacks_change_nothing(
 async def test_out_of_order_callbacks_never_move_a_handle_backwards(
     make_client: ClientFactory,
     server: FakeKieServer,
-    request_: MashupRequest,
+    mashup_request: MashupRequest,
     held_back: set[str],
     expected_order: list[str],
 ) -> None:
     """A stage delivered after a later one is ignored; updates() yields increasing stages."""
     server.callback_faults = CallbackFaults(reorder=held_back)
-    handle = await make_client().submit(request_)
+    handle = await make_client().submit(mashup_request)
     seen: list[Stage] = []
 
     async def follow() -> None:
@@ -246,11 +230,11 @@ async def test_out_of_order_callbacks_never_move_a_handle_backwards(
 
 @pytest.mark.parametrize("drop", [{"complete"}, {"first", "complete"}, 1.0])
 async def test_dropped_callbacks_are_rescued_by_polling(
-    make_client: ClientFactory, server: FakeKieServer, request_: MashupRequest, drop: Any
+    make_client: ClientFactory, server: FakeKieServer, mashup_request: MashupRequest, drop: Any
 ) -> None:
     """With callbacks lost, a task goes back to polling once callback_grace passes, and finishes."""
     server.callback_faults = CallbackFaults(drop=drop, seed=7)
-    handle = await make_client(poll_policy=RESCUE).submit(request_)
+    handle = await make_client(poll_policy=RESCUE).submit(mashup_request)
     async with asyncio.timeout(10):
         done = await handle.wait()
     assert (done.stage, done.source) == (Stage.COMPLETE, "poll")
@@ -259,12 +243,12 @@ async def test_dropped_callbacks_are_rescued_by_polling(
 
 
 async def test_an_overdue_callback_returns_the_task_to_normal_polling(
-    make_client: ClientFactory, server: FakeKieServer, request_: MashupRequest
+    make_client: ClientFactory, server: FakeKieServer, mashup_request: MashupRequest
 ) -> None:
     """When 'first' is dropped, polling finds FIRST long before the complete callback is due."""
     server.script(Timeline.success(text=0.05, first=0.1, complete=3.0))
     server.callback_faults = CallbackFaults(drop={"first"})
-    handle = await make_client(poll_policy=RESCUE).submit(request_)
+    handle = await make_client(poll_policy=RESCUE).submit(mashup_request)
     async with asyncio.timeout(2.5):
         first = await handle.wait(Stage.FIRST)
     assert first.source == "poll"
@@ -272,21 +256,21 @@ async def test_an_overdue_callback_returns_the_task_to_normal_polling(
 
 
 async def test_delayed_callbacks_still_finish_with_at_most_two_polls(
-    make_client: ClientFactory, server: FakeKieServer, request_: MashupRequest
+    make_client: ClientFactory, server: FakeKieServer, mashup_request: MashupRequest
 ) -> None:
     """Callbacks that arrive late (but within callback_grace) need no extra polls."""
     server.callback_faults = CallbackFaults(delay=0.2)
-    handle = await make_client().submit(request_)
+    handle = await make_client().submit(mashup_request)
     assert await stages_of(handle) == [Stage.TEXT, Stage.FIRST, Stage.COMPLETE]
     assert polls(server, handle) <= 2
 
 
 async def test_failed_deliveries_are_retried_until_one_gets_through(
-    make_client: ClientFactory, server: FakeKieServer, request_: MashupRequest
+    make_client: ClientFactory, server: FakeKieServer, mashup_request: MashupRequest
 ) -> None:
     """Two failed attempts per callback are retried; the third gets through and polls stay idle."""
     server.callback_faults = CallbackFaults(fail_first_attempts=2)
-    handle = await make_client().submit(request_)
+    handle = await make_client().submit(mashup_request)
     assert await stages_of(handle) == [Stage.TEXT, Stage.FIRST, Stage.COMPLETE]
     attempts = [(d.type, d.attempt, d.outcome) for d in server.callbacks_sent]
     for kind in ("text", "first", "complete"):
@@ -299,11 +283,11 @@ async def test_failed_deliveries_are_retried_until_one_gets_through(
 
 
 async def test_after_three_failed_retries_the_sender_gives_up_and_polling_rescues(
-    make_client: ClientFactory, server: FakeKieServer, request_: MashupRequest
+    make_client: ClientFactory, server: FakeKieServer, mashup_request: MashupRequest
 ) -> None:
     """A callback whose four attempts all fail is abandoned; polling still finishes the task."""
     server.callback_faults = CallbackFaults(fail_first_attempts=4)
-    handle = await make_client(poll_policy=RESCUE).submit(request_)
+    handle = await make_client(poll_policy=RESCUE).submit(mashup_request)
     async with asyncio.timeout(10):
         assert (await handle.wait()).stage is Stage.COMPLETE
     await until(lambda: server.callbacks_pending == 0)
@@ -316,11 +300,11 @@ async def test_rejected_deliveries_are_retried_and_never_advance_the_task(
     make_client: ClientFactory,
     server: FakeKieServer,
     receiver: CallbackReceiver,
-    request_: MashupRequest,
+    mashup_request: MashupRequest,
 ) -> None:
     """Signed with the wrong key, every attempt gets 401 and is retried 3 times; polling wins."""
     server.webhook_hmac_key = "not-the-receivers-key"
-    handle = await make_client(poll_policy=RESCUE).submit(request_)
+    handle = await make_client(poll_policy=RESCUE).submit(mashup_request)
     async with asyncio.timeout(10):
         assert (await handle.wait()).source == "poll"
     await until(lambda: server.callbacks_pending == 0)
@@ -337,13 +321,13 @@ async def test_forged_and_malformed_callbacks_advance_no_task(
     make_client: ClientFactory,
     server: FakeKieServer,
     receiver: CallbackReceiver,
-    request_: MashupRequest,
+    mashup_request: MashupRequest,
 ) -> None:
     """Bad signatures, skew, missing headers, bad paths, bad JSON, huge bodies: all refused."""
     server.script(ENDLESS, ENDLESS)
     client = make_client()
-    handle = await client.submit(request_)
-    other = await client.submit(request_)
+    handle = await client.submit(mashup_request)
+    other = await client.submit(mashup_request)
     body = callback_payload(server.tasks[handle.task_id], "complete")
     good = signed_headers(handle.task_id, HMAC_KEY)
     stamp = int(good["X-Webhook-Timestamp"])
@@ -376,12 +360,12 @@ async def test_a_replayed_callback_is_ignored(
     make_client: ClientFactory,
     server: FakeKieServer,
     receiver: CallbackReceiver,
-    request_: MashupRequest,
+    mashup_request: MashupRequest,
 ) -> None:
     """Re-sending a captured signed delivery is answered 200 but handed on only once."""
     server.script(ENDLESS)
     client = make_client()
-    handle = await client.submit(request_)
+    handle = await client.submit(mashup_request)
     seen: list[TaskSnapshot] = []
     receiver.subscribe(seen.append)
     text = callback_payload(server.tasks[handle.task_id], "text")
@@ -397,11 +381,11 @@ async def test_a_signed_but_forged_final_callback_does_not_resolve_a_wait(
     make_client: ClientFactory,
     server: FakeKieServer,
     receiver: CallbackReceiver,
-    request_: MashupRequest,
+    mashup_request: MashupRequest,
 ) -> None:
     """The signature does not cover the body: a forged 'complete' is checked by a poll and loses."""
     server.script(ENDLESS)
-    handle = await make_client().submit(request_)
+    handle = await make_client().submit(mashup_request)
     forged = callback_payload(server.tasks[handle.task_id], "complete")
     forged["data"]["data"][0]["audio_url"] = "https://evil.example/track.mp3"
     waiting = asyncio.create_task(handle.wait())
@@ -421,13 +405,13 @@ async def test_a_signed_but_forged_final_callback_does_not_resolve_a_wait(
 
 
 async def test_a_callback_that_beats_the_submit_reply_is_not_lost(
-    make_client: ClientFactory, server: FakeKieServer, request_: MashupRequest
+    make_client: ClientFactory, server: FakeKieServer, mashup_request: MashupRequest
 ) -> None:
     """The text callback is delivered before submit() returns; the handle still starts at TEXT."""
     server.script(
         Timeline.custom(((0.0, "TEXT_SUCCESS"), (0.1, "FIRST_SUCCESS"), (0.15, "SUCCESS")))
     )
-    handle = await make_client().submit(request_)
+    handle = await make_client().submit(mashup_request)
     assert delivered(server, handle.task_id) == ["text"]  # before the reply was sent
     assert handle.latest is not None
     assert handle.latest.stage is Stage.TEXT
@@ -436,12 +420,12 @@ async def test_a_callback_that_beats_the_submit_reply_is_not_lost(
 
 
 async def test_feed_hands_callbacks_from_other_frameworks_to_waiters(
-    make_client: ClientFactory, server: FakeKieServer, request_: MashupRequest
+    make_client: ClientFactory, server: FakeKieServer, mashup_request: MashupRequest
 ) -> None:
     """parse_callback + client.feed wake waits; a callback fed before the task is known is kept."""
     server.script(ENDLESS)
     client = make_client(receiver=None, confirm_callbacks=False, poll_policy=HYBRID)
-    handle = await client.submit(request_)
+    handle = await client.submit(mashup_request)
     task = server.tasks[handle.task_id]
 
     def parsed(kind: str) -> TaskSnapshot:
@@ -463,12 +447,12 @@ async def test_feed_hands_callbacks_from_other_frameworks_to_waiters(
 
 
 async def test_cancelling_one_wait_during_callbacks_leaves_the_others_running(
-    make_client: ClientFactory, server: FakeKieServer, request_: MashupRequest
+    make_client: ClientFactory, server: FakeKieServer, mashup_request: MashupRequest
 ) -> None:
     """A wait cancelled between callbacks ends alone; another wait on the task completes."""
     server.script(Timeline.success(text=0.05, first=0.2, complete=0.3))
     client = make_client()
-    handle = await client.submit(request_)
+    handle = await client.submit(mashup_request)
     doomed = asyncio.create_task(handle.wait())
     survivor = asyncio.create_task(client.task(handle.task_id).wait())
     async with asyncio.timeout(5):
@@ -482,7 +466,7 @@ async def test_cancelling_one_wait_during_callbacks_leaves_the_others_running(
 
 
 async def test_closing_everything_leaves_no_callback_task_behind(
-    request_: MashupRequest,
+    mashup_request: MashupRequest,
 ) -> None:
     """Closing client, receiver and fake mid-delivery leaves no pending asyncio task."""
     before = asyncio.all_tasks()
@@ -492,7 +476,7 @@ async def test_closing_everything_leaves_no_callback_task_behind(
         MashupClient(api_key=API_KEY, base_url=fake.url, receiver=receiver) as client,
     ):
         fake.callback_faults = CallbackFaults(delay=30.0)
-        await client.submit(request_)
+        await client.submit(mashup_request)
         assert fake.callbacks_pending == 3
     await asyncio.sleep(0)
     assert asyncio.all_tasks() - before == set()
