@@ -4,11 +4,12 @@ Everything public is re-exported here; ``kiemashup.testing`` is imported on its 
 """
 
 from kiemashup._batch import BatchItem
-from kiemashup._client import ClientClosedError, MashupClient
+from kiemashup._client import MashupClient
 from kiemashup._errors import (
     APIError,
     AuthenticationError,
     CallbackRejected,
+    ClientClosedError,
     DownloadError,
     FileValidationError,
     InsufficientCreditsError,

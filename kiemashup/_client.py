@@ -14,7 +14,7 @@ from types import TracebackType
 import aiohttp
 
 from kiemashup._batch import BatchItem, OnProgress, run_batch
-from kiemashup._errors import KieError
+from kiemashup._errors import ClientClosedError, KieError
 from kiemashup._files import FileTransfer, Progress, UploadSource
 from kiemashup._handle import Hooks, TaskHandle, TaskState
 from kiemashup._media import DEFAULT_UPLOAD_PATH
@@ -38,10 +38,6 @@ DEFAULT_BASE_URL = "https://api.kie.ai"
 DEFAULT_UPLOAD_BASE_URL = "https://kieai.redpandaai.co"
 EARLY_MAX = 10_000  # callbacks kept for unknown task ids, at most
 EARLY_TTL = 600.0  # seconds such a callback is kept
-
-
-class ClientClosedError(KieError):
-    """The client was closed while this call was waiting."""
 
 
 class MashupClient:

@@ -17,8 +17,9 @@ KieError
 ├── TaskFailedError       .snapshot (status, error_code, error_message)
 ├── FileValidationError (also ValueError)  a local file or URL unfit to upload  (.path, .reason)
 ├── DownloadError         a download failed for good  (.url, .reason, .http_status)
-└── JournalError          a batch journal is unusable  (.path, .reason)
-    └── JournalMismatchError (also ValueError)  the input changed since the journal  (.index)
+├── JournalError          a batch journal is unusable  (.path, .reason)
+│   └── JournalMismatchError (also ValueError)  the input changed since the journal  (.index)
+└── ClientClosedError     the client was closed while a call waited
 ```
 
 Every error carries its data as attributes. No message ever contains the API key:
@@ -180,3 +181,7 @@ class JournalMismatchError(JournalError, ValueError):
     def __init__(self, path: object, index: int, reason: str) -> None:
         self.index = index
         super().__init__(path, reason)
+
+
+class ClientClosedError(KieError):
+    """The client was closed while this call was waiting (or before it started)."""
