@@ -151,6 +151,16 @@ COMMANDS = {
 }
 
 
+def public_name(exc: BaseException) -> str:
+    """The name of the nearest public error class (internal subclasses stay internal)."""
+    import kiemashup
+
+    for cls in type(exc).__mro__:
+        if cls.__name__ in kiemashup.__all__:
+            return cls.__name__
+    return type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -164,8 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kiemashup: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KieError as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"kiemashup: {type(exc).__name__}: {first_line}", file=sys.stderr)
+        name = public_name(exc)
+        first_line = str(exc).splitlines()[0] if str(exc) else name
+        print(f"kiemashup: {name}: {first_line}", file=sys.stderr)
         return exit_code_for(exc)
     except OSError as exc:  # a local file or folder problem (permissions, disk full)
         print(f"kiemashup: {exc}", file=sys.stderr)

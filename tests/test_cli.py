@@ -122,3 +122,19 @@ async def _create(url: str) -> str:
             url + "/api/v1/generate/mashup", json=body, headers={"Authorization": "Bearer k"}
         ) as r:
             return str((await r.json())["data"]["taskId"])
+
+
+async def test_network_failure_names_the_public_error() -> None:
+    """An unreachable API exits 3 and names TransportError, not an internal class."""
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code, _out, err = await run_cli(
+        "credits", env={"KIE_API_KEY": "k", "KIE_BASE_URL": f"http://127.0.0.1:{port}"}
+    )
+    assert code == EXIT_API
+    assert "TransportError" in err
+    assert "RequestFailed" not in err
+    assert "Traceback" not in err
