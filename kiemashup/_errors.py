@@ -3,7 +3,7 @@
 ```
 KieError
 ├── RequestValidationError (also ValueError)   .problems
-├── TransportError        network failure or per-request timeout; __cause__ is the aiohttp error
+├── TransportError        network failure or timeout; .sent; __cause__ is the aiohttp error
 ├── APIError              .code, .message, .http_status
 │   ├── AuthenticationError        401
 │   ├── InsufficientCreditsError   402
@@ -63,7 +63,15 @@ class RequestValidationError(KieError, ValueError):
 
 
 class TransportError(KieError):
-    """The request never got a usable HTTP reply (connection failure or timeout)."""
+    """The request never got a usable HTTP reply (connection failure or timeout).
+
+    ``sent`` is False only when the request provably never left (the connection was
+    never opened); a submit is retried only then.
+    """
+
+    def __init__(self, message: str, *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class APIError(KieError):

@@ -35,21 +35,13 @@ USER_AGENT = "kiemashup/0.1 (+https://pypi.org/project/kiemashup)"
 Sleep = Callable[[float], Awaitable[None]]
 
 
-class RequestFailed(TransportError):
-    """A TransportError that also says whether the request may have reached the server."""
-
-    def __init__(self, message: str, *, sent: bool) -> None:
-        super().__init__(message)
-        self.sent = sent
-
-
-def translate(exc: BaseException, what: str) -> RequestFailed:
-    """aiohttp/timeout errors -> ``RequestFailed``; ``sent`` is False only when provably unsent."""
+def translate(exc: BaseException, what: str) -> TransportError:
+    """aiohttp/timeout errors -> ``TransportError``; ``sent`` is False only when provably unsent."""
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return RequestFailed(f"{what}: could not connect ({type(exc).__name__})", sent=False)
+        return TransportError(f"{what}: could not connect ({type(exc).__name__})", sent=False)
     if isinstance(exc, TimeoutError):
-        return RequestFailed(f"{what}: timed out waiting for the reply", sent=True)
-    return RequestFailed(f"{what}: connection failed ({type(exc).__name__})", sent=True)
+        return TransportError(f"{what}: timed out waiting for the reply", sent=True)
+    return TransportError(f"{what}: connection failed ({type(exc).__name__})", sent=True)
 
 
 class RateGate:
@@ -222,7 +214,7 @@ class Transport:
             await self.pace_submit()
             try:
                 status, retry_after, body = await self.send("POST", url, json=payload)
-            except RequestFailed as exc:
+            except TransportError as exc:
                 if exc.sent:
                     raise SubmitOutcomeUnknown(request, str(exc)) from exc
                 error: Exception = exc
