@@ -120,9 +120,9 @@ class Transport:
         if self.closed:
             raise KieError("the client is closed")
         if self._session is None:
+            # No session-wide headers: every request sends its own (merging costs CPU).
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._limits.connection_limit),
-                headers={"User-Agent": USER_AGENT},
+                connector=aiohttp.TCPConnector(limit=self._limits.connection_limit)
             )
         return self._session
 
