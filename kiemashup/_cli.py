@@ -35,12 +35,12 @@ from kiemashup._cli_common import (
     EXIT_USAGE,
     exit_code_for,
     make_client,
-    snapshot_dict,
 )
 from kiemashup._cli_common import print_snapshot as _print_snapshot
 from kiemashup._cli_files import FILE_COMMANDS, add_file_commands
 from kiemashup._errors import KieError, TaskFailedError
 from kiemashup._models import Stage, TaskSnapshot
+from kiemashup._wire import snapshot_json
 
 __all__ = [  # the names tests and users import from here
     "EXIT_API",
@@ -54,7 +54,6 @@ __all__ = [  # the names tests and users import from here
     "console_main",
     "exit_code_for",
     "main",
-    "snapshot_dict",
 ]
 
 
@@ -122,7 +121,7 @@ async def _credits(args: argparse.Namespace) -> int:
 
 def _emit(args: argparse.Namespace, snapshot: TaskSnapshot) -> None:
     if args.json:
-        print(json.dumps(snapshot_dict(snapshot)))
+        print(json.dumps(snapshot_json(snapshot)))
     else:
         _print_snapshot(snapshot)
 
@@ -170,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except TaskFailedError as exc:
         if getattr(args, "json", False):
-            print(json.dumps(snapshot_dict(exc.snapshot)))
+            print(json.dumps(snapshot_json(exc.snapshot)))
         print(f"kiemashup: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KieError as exc:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import attrs
-
 from kiemashup._client import MashupClient
 from kiemashup._errors import (
     APIError,
@@ -46,14 +44,6 @@ def make_client() -> MashupClient:
             after_first=seconds,
         )
     return MashupClient(**options)
-
-
-def snapshot_dict(snapshot: TaskSnapshot) -> dict[str, Any]:
-    """A JSON-ready view of a snapshot."""
-    data = attrs.asdict(snapshot, recurse=True)
-    data["status"] = str(snapshot.status)
-    data["stage"] = snapshot.stage.name
-    return data
 
 
 def print_snapshot(snapshot: TaskSnapshot) -> None:

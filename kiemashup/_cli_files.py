@@ -23,12 +23,12 @@ from kiemashup._cli_common import (
     exit_code_for,
     make_client,
     print_snapshot,
-    snapshot_dict,
 )
 from kiemashup._client import MashupClient
 from kiemashup._errors import RequestValidationError, SubmitOutcomeUnknown, TaskFailedError
 from kiemashup._models import Stage, TaskSnapshot
 from kiemashup._request import MashupRequest, is_http_url
+from kiemashup._wire import snapshot_json
 
 _PLACEHOLDER = "https://upload.invalid/{}.mp3"  # validates a request before any upload
 _STAGES = ["text", "first", "complete"]
@@ -116,7 +116,7 @@ async def submit_cmd(args: argparse.Namespace) -> int:
         snapshot = await handle.wait()
         files = await _save_tracks(client, snapshot, args.download) if args.download else []
     if args.json:
-        print(json.dumps({**snapshot_dict(snapshot), "files": files}))
+        print(json.dumps({**snapshot_json(snapshot), "files": files}))
     else:
         print_snapshot(snapshot)
         for path in files:

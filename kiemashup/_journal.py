@@ -35,6 +35,7 @@ import attrs
 
 from kiemashup._errors import JournalError, JournalMismatchError
 from kiemashup._models import Stage, TaskSnapshot, TaskStatus, Track
+from kiemashup._wire import snapshot_json
 
 try:
     import fcntl
@@ -55,9 +56,7 @@ def fingerprint(index: int, payload: dict[str, Any]) -> str:
 
 def snapshot_record(snapshot: TaskSnapshot) -> dict[str, Any]:
     """A JSON-ready summary of a snapshot that ``snapshot_from_record`` turns back."""
-    data = attrs.asdict(snapshot, recurse=True)
-    data["status"] = str(snapshot.status)
-    data["stage"] = snapshot.stage.name
+    data = snapshot_json(snapshot)
     data["tracks"] = [{k: v for k, v in track.items() if v is not None} for track in data["tracks"]]
     return data
 

@@ -19,7 +19,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn
 
 from kiemashup._errors import ProtocolError
-from kiemashup._models import Track
+from kiemashup._models import TaskSnapshot, Track
 
 # Outgoing renames where Kie's spelling is not plain camelCase of our field name.
 _OUTGOING_RENAMES = {"upload_urls": "uploadUrlList", "callback_url": "callBackUrl"}
@@ -161,3 +161,11 @@ def unstructure_request(request: attrs.AttrsInstance) -> dict[str, Any]:
             value = CONVERTER.unstructure(value)
         body[key] = value
     return body
+
+
+def snapshot_json(snapshot: TaskSnapshot) -> dict[str, Any]:
+    """A JSON-ready view of a snapshot (status and stage as strings), for output and journals."""
+    data = attrs.asdict(snapshot, recurse=True)
+    data["status"] = str(snapshot.status)
+    data["stage"] = snapshot.stage.name
+    return data
