@@ -74,7 +74,6 @@ class MashupClient:
         ).rstrip("/")
         self.callback_url = callback_url
         self.receiver = receiver
-        self._webhook_hmac_key = webhook_hmac_key
         if receiver is not None and webhook_hmac_key not in (None, receiver.hmac_key):
             # The receiver is what verifies signatures: a key given only here would
             # silently leave callbacks unverified.
@@ -99,9 +98,7 @@ class MashupClient:
         self._files = FileTransfer(
             self._transport,
             upload_base_url=self.upload_base_url,
-            retry=self.retry_policy,
             timeouts=self.timeouts,
-            rand=rand,
         )
         self._scheduler = PollScheduler(
             self._fetch,

@@ -20,13 +20,13 @@ import io
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
 
-from kiemashup._errors import DownloadError, FileValidationError, ProtocolError, ServerError
+from kiemashup._errors import DownloadError, FileValidationError, ServerError
 from kiemashup._media import (
     BASE64_MAX,
     BASE64_UPLOAD_PATH,
@@ -43,9 +43,8 @@ from kiemashup._media import (
     url_file_name,
 )
 from kiemashup._models import Track
-from kiemashup._policy import RetryPolicy, Timeouts
+from kiemashup._policy import Timeouts
 from kiemashup._request import is_http_url
-from kiemashup._sansio import retry_delay
 from kiemashup._transport import RETRYABLE_READ, USER_AGENT, Transport, translate
 
 #: ``progress(bytes_done, total_or_None)`` after every chunk written.
@@ -67,21 +66,16 @@ class FileTransfer:
         transport: Transport,
         *,
         upload_base_url: str,
-        retry: RetryPolicy,
         timeouts: Timeouts,
-        rand: Callable[[], float],
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._transport = transport
         self.upload_base_url = upload_base_url.rstrip("/")
-        self._retry = retry
+        # Retries go through the transport's one loop, with the client's RetryPolicy.
         # Uploads and downloads of big files can be long: bound connect and each read
         # (a stall), not the whole transfer.
         self._transfer_timeout = aiohttp.ClientTimeout(
             total=None, connect=timeouts.connect, sock_read=timeouts.read
         )
-        self._rand = rand
-        self._sleep = sleep
 
     # --- uploads ----------------------------------------------------------------------------
 
@@ -168,19 +162,14 @@ class FileTransfer:
         self, path: str, body: Callable[[], dict[str, Any]], *, attempts: int | None = None
     ) -> str:
         url = self.upload_base_url + path
-        limit = attempts or self._retry.attempts
-        attempt = 1
-        while True:
-            try:
-                status, retry_after, reply = await self._transport.send(
-                    "POST", url, http_timeout=self._transfer_timeout, **body()
-                )
-                return parse_upload_reply(status, reply, retry_after=retry_after, now=time.time())
-            except RETRYABLE_READ as exc:
-                if attempt >= limit:
-                    raise
-                await self._sleep(retry_delay(exc, attempt, self._retry, self._rand()))
-                attempt += 1
+
+        async def once() -> str:
+            status, retry_after, reply = await self._transport.send(
+                "POST", url, http_timeout=self._transfer_timeout, **body()
+            )
+            return parse_upload_reply(status, reply, retry_after=retry_after, now=time.time())
+
+        return await self._transport.retrying(once, attempts=attempts, what=f"POST {path}")
 
     # --- downloads --------------------------------------------------------------------------
 
@@ -202,19 +191,17 @@ class FileTransfer:
         else:
             raise FileValidationError(source, "not a playable Track or an http(s) URL")
         target = await asyncio.to_thread(_resolve_target, dest, name)
-        attempt = 1
-        while True:
-            try:
-                await self._download_once(url, target, progress)
-                return target
-            except (_Truncated, *RETRYABLE_READ) as exc:
-                if attempt >= self._retry.attempts:
-                    if isinstance(exc, _Truncated):
-                        raise DownloadError(url, str(exc)) from None
-                    raise DownloadError(url, str(exc)) from exc
-                error = exc if isinstance(exc, Exception) else ProtocolError(str(exc))
-                await self._sleep(retry_delay(error, attempt, self._retry, self._rand()))
-                attempt += 1
+        try:
+            await self._transport.retrying(
+                lambda: self._download_once(url, target, progress),
+                (_Truncated, *RETRYABLE_READ),
+                what="download",
+            )
+        except _Truncated as exc:
+            raise DownloadError(url, str(exc)) from None
+        except RETRYABLE_READ as exc:
+            raise DownloadError(url, str(exc)) from exc
+        return target
 
     async def _download_once(self, url: str, target: Path, progress: Progress | None) -> None:
         fd, temp_name = tempfile.mkstemp(

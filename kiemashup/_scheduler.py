@@ -19,7 +19,6 @@ import random
 from collections.abc import Awaitable, Callable
 
 from kiemashup._errors import (
-    KieError,
     ProtocolError,
     RateLimitError,
     ServerError,
@@ -46,7 +45,6 @@ class PollScheduler:
         *,
         max_in_flight: int,
         rand: Callable[[], float] = random.random,
-        on_poll_error: Callable[[TaskState, BaseException], None] | None = None,
         on_crash: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._fetch = fetch
@@ -58,7 +56,6 @@ class PollScheduler:
         self._runner: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._polls: set[asyncio.Task[None]] = set()
-        self._on_poll_error = on_poll_error
         self._on_crash = on_crash
         self.closed = False
         self.lateness: list[float] | None = None  # set to [] to record (benchmarks)
@@ -194,12 +191,9 @@ class PollScheduler:
             snapshot = await self._fetch(state)
         except TRANSIENT:
             state.failures += 1  # outage: back off, keep the waiters waiting
-        except KieError as exc:
+        except Exception as exc:  # unfixable by retrying (a bad key), or a bug: tell the waiters
             state.failures += 1
-            self._report(state, exc)
-        except Exception as exc:  # a bug must reach the waiters, never vanish in a task
-            state.failures += 1
-            self._report(state, exc)
+            state.fail_waiters(exc)
         else:
             state.failures = 0
             state.offer(snapshot)
@@ -210,11 +204,6 @@ class PollScheduler:
         wanted = state.watchers > 0 or state.confirm
         if wanted and not self.closed and not (latest and latest.is_terminal):
             self._plan(state, 0.0 if state.confirm else self.next_delay(state))
-
-    def _report(self, state: TaskState, error: BaseException) -> None:
-        if self._on_poll_error is not None:
-            self._on_poll_error(state, error)
-        state.fail_waiters(error)
 
     async def aclose(self) -> None:
         """Stop planning and cancel every poll in flight; returns when all have ended."""

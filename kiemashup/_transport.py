@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -33,6 +33,7 @@ log = logging.getLogger("kiemashup.transport")
 USER_AGENT = "kiemashup/0.1 (+https://pypi.org/project/kiemashup)"
 
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
 
 
 def translate(exc: BaseException, what: str) -> TransportError:
@@ -89,7 +90,6 @@ class Transport:
         rand: Callable[[], float] = random.random,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self._api_key = api_key
         self.base_url = base_url.rstrip("/")
         self._session = session
         self._owns_session = session is None
@@ -132,9 +132,6 @@ class Transport:
             await self._session.close()
         self._session = None
 
-    def _headers(self) -> dict[str, str]:
-        return self._auth_headers
-
     async def send(
         self,
         method: str,
@@ -162,7 +159,7 @@ class Transport:
                     params=params,
                     json=json,
                     data=data,
-                    headers=self._headers(),
+                    headers=self._auth_headers,
                     timeout=http_timeout or self._timeout,
                 ) as resp:
                     body = await resp.read()
@@ -186,15 +183,34 @@ class Transport:
         per-task limit of 3 per second).
         """
         url = self.base_url + path
+        return await self.retrying(
+            lambda: self.call("GET", url, params=params), min_delay=min_delay, what=f"GET {path}"
+        )
+
+    async def retrying(
+        self,
+        op: Callable[[], Awaitable[T]],
+        retryable: tuple[type[Exception], ...] = RETRYABLE_READ,
+        *,
+        attempts: int | None = None,
+        min_delay: float = 0.0,
+        what: str = "request",
+    ) -> T:
+        """``op()`` retried on ``retryable`` errors with the client's backoff; the last one raised.
+
+        The one retry loop for everything safe to repeat (polls, credits, uploads,
+        downloads). Submits are not: see ``submit``.
+        """
+        limit = attempts or self._retry.attempts
         attempt = 1
         while True:
             try:
-                return await self.call("GET", url, params=params)
-            except RETRYABLE_READ as exc:
-                if attempt >= self._retry.attempts:
+                return await op()
+            except retryable as exc:
+                if attempt >= limit:
                     raise
                 delay = max(min_delay, retry_delay(exc, attempt, self._retry, self._rand()))
-                log.debug("GET %s failed (%s); retry %d in %.2fs", path, exc, attempt, delay)
+                log.debug("%s failed (%s); retry %d in %.2fs", what, exc, attempt, delay)
                 await self._sleep(delay)
                 attempt += 1
 
