@@ -24,7 +24,7 @@ from aiohttp import web
 from benchmarks._common import UNCAPPED, Figure, percentile
 from benchmarks._server import API_KEY, ServerProcess
 from kiemashup import CallbackReceiver, MashupClient, MashupRequest, PollPolicy, parse_callback
-from kiemashup._sansio import sign
+from kiemashup._core.callbacks import sign
 
 HMAC_KEY = "bench-hmac-key"
 

@@ -13,7 +13,7 @@ import random
 
 from benchmarks._common import Figure
 from kiemashup import PollPolicy, Stage
-from kiemashup._sansio import poll_interval
+from kiemashup._core.timing import poll_interval
 
 # A mashup that completes in 150 s: lyrics at 20 s, first track at 110 s (assumed; Kie
 # publishes no stage timings, see docs/performance.md).

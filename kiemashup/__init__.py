@@ -5,7 +5,7 @@ Everything public is re-exported here; ``kiemashup.testing`` is imported on its 
 
 from kiemashup._batch import BatchItem
 from kiemashup._client import MashupClient
-from kiemashup._errors import (
+from kiemashup._core.errors import (
     APIError,
     AuthenticationError,
     CallbackRejected,
@@ -27,11 +27,11 @@ from kiemashup._errors import (
     TransportError,
     UploadError,
 )
+from kiemashup._core.models import Model, Stage, TaskSnapshot, TaskStatus, Track, VocalGender
+from kiemashup._core.policy import PollPolicy, RateLimits, RetryPolicy, Timeouts
+from kiemashup._core.request import MashupRequest
 from kiemashup._handle import TaskHandle
-from kiemashup._models import Model, Stage, TaskSnapshot, TaskStatus, Track, VocalGender
-from kiemashup._policy import PollPolicy, RateLimits, RetryPolicy, Timeouts
 from kiemashup._receiver import CallbackReceiver, parse_callback
-from kiemashup._request import MashupRequest
 
 __all__ = [
     "APIError",

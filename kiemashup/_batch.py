@@ -18,11 +18,11 @@ from typing import Any, Protocol
 
 import attrs
 
-from kiemashup._errors import KieError, SubmitOutcomeUnknown, TaskFailedError
+from kiemashup._core.errors import KieError, SubmitOutcomeUnknown, TaskFailedError
+from kiemashup._core.models import Stage, TaskSnapshot
+from kiemashup._core.request import MashupRequest
 from kiemashup._handle import TaskHandle
 from kiemashup._journal import Entry, Journal, fingerprint, snapshot_from_record, snapshot_record
-from kiemashup._models import Stage, TaskSnapshot
-from kiemashup._request import MashupRequest
 
 DEFAULT_CONCURRENCY = 100
 

@@ -10,29 +10,31 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from kiemashup._batch import BatchItem, OnProgress, run_batch
-from kiemashup._errors import ClientClosedError, KieError
-from kiemashup._files import FileTransfer, Progress, UploadSource
-from kiemashup._handle import Hooks, TaskHandle, TaskState
-from kiemashup._media import DEFAULT_UPLOAD_PATH
-from kiemashup._models import Stage, TaskSnapshot, Track
-from kiemashup._policy import PollPolicy, RateLimits, RetryPolicy, Timeouts
-from kiemashup._receiver import CallbackReceiver
-from kiemashup._request import MashupRequest
-from kiemashup._sansio import (
+from kiemashup._core.errors import ClientClosedError, KieError
+from kiemashup._core.models import Stage, TaskSnapshot, Track
+from kiemashup._core.policy import PollPolicy, RateLimits, RetryPolicy, Timeouts
+from kiemashup._core.protocol import (
     CREDITS_PATH,
+    DEFAULT_UPLOAD_PATH,
     PLACEHOLDER_CALLBACK_URL,
     RECORD_INFO_PATH,
     SUBMIT_PATH,
     parse_credits,
     parse_record_info,
 )
+from kiemashup._core.request import MashupRequest
+from kiemashup._core.state import make_snapshot
+from kiemashup._handle import Hooks, TaskHandle, TaskState
+from kiemashup._receiver import CallbackReceiver
 from kiemashup._scheduler import PollScheduler
-from kiemashup._state import make_snapshot
+from kiemashup._transfer import FileTransfer, Progress, UploadSource
 from kiemashup._transport import Transport
+
+if TYPE_CHECKING:  # the session is only passed through to the transport
+    import aiohttp
 
 DEFAULT_BASE_URL = "https://api.kie.ai"
 DEFAULT_UPLOAD_BASE_URL = "https://kieai.redpandaai.co"

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import attrs
 
-from kiemashup._errors import TaskFailedError
-from kiemashup._models import Stage, TaskSnapshot
-from kiemashup._state import advance, reached
+from kiemashup._core.errors import TaskFailedError
+from kiemashup._core.models import Stage, TaskSnapshot
+from kiemashup._core.state import advance, reached
 
 
 class TaskState:

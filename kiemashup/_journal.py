@@ -33,9 +33,9 @@ from typing import Any
 
 import attrs
 
-from kiemashup._errors import JournalError, JournalMismatchError
-from kiemashup._models import Stage, TaskSnapshot, TaskStatus, Track
-from kiemashup._wire import snapshot_json
+from kiemashup._core.errors import JournalError, JournalMismatchError
+from kiemashup._core.models import Stage, TaskSnapshot, TaskStatus, Track
+from kiemashup._core.wire import snapshot_json
 
 try:
     import fcntl

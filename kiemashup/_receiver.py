@@ -1,7 +1,7 @@
 """``CallbackReceiver``: a small aiohttp server that takes Kie's callbacks.
 
 It answers fast (Kie gives up after 15 s): the handler reads a bounded body, verifies
-and parses it (cheap, pure ``_sansio`` code), hands the snapshot to its listeners
+and parses it (cheap, pure ``_core.callbacks`` code), hands the snapshot to its listeners
 (synchronous, non-blocking: a client only records it and wakes futures) and replies
 200. Anything slow, such as the confirmation poll of a final callback, happens in the
 client's scheduler, off the request path. A listener that raises is logged; it never
@@ -20,9 +20,9 @@ from types import TracebackType
 
 from aiohttp import web
 
-from kiemashup._errors import CallbackRejected, KieError
-from kiemashup._models import TaskSnapshot
-from kiemashup._sansio import parse_callback_at
+from kiemashup._core.callbacks import parse_callback_at
+from kiemashup._core.errors import CallbackRejected, KieError
+from kiemashup._core.models import TaskSnapshot
 
 log = logging.getLogger("kiemashup.receiver")
 

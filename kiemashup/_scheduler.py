@@ -18,17 +18,17 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
-from kiemashup._errors import (
+from kiemashup._core.errors import (
     ProtocolError,
     RateLimitError,
     ServerError,
     ServiceUnavailableError,
     TransportError,
 )
+from kiemashup._core.models import Stage, TaskSnapshot
+from kiemashup._core.policy import PollPolicy
+from kiemashup._core.timing import outage_interval, poll_interval
 from kiemashup._handle import TaskState
-from kiemashup._models import Stage, TaskSnapshot
-from kiemashup._policy import PollPolicy
-from kiemashup._sansio import outage_interval, poll_interval
 
 log = logging.getLogger("kiemashup.scheduler")
 

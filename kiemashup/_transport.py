@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from kiemashup._errors import (
+from kiemashup._core.errors import (
     KieError,
     ProtocolError,
     RateLimitError,
@@ -26,8 +26,9 @@ from kiemashup._errors import (
     SubmitOutcomeUnknown,
     TransportError,
 )
-from kiemashup._policy import RateLimits, RetryPolicy, Timeouts
-from kiemashup._sansio import SlidingWindow, parse_envelope, parse_submit, retry_delay
+from kiemashup._core.policy import RateLimits, RetryPolicy, Timeouts
+from kiemashup._core.protocol import parse_envelope, parse_submit
+from kiemashup._core.timing import SlidingWindow, retry_delay
 
 log = logging.getLogger("kiemashup.transport")
 USER_AGENT = "kiemashup/0.1 (+https://pypi.org/project/kiemashup)"

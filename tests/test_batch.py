@@ -30,8 +30,8 @@ from kiemashup import (
     Timeouts,
 )
 from kiemashup._batch import run_batch
+from kiemashup._core.state import make_snapshot
 from kiemashup._handle import Hooks, TaskState
-from kiemashup._state import make_snapshot
 from kiemashup.testing import FakeKieServer, Fault, Timeline
 
 URLS = ("https://example.com/a.mp3", "https://example.com/b.mp3")

@@ -24,7 +24,7 @@ from kiemashup import (
     TaskStatus,
     parse_callback,
 )
-from kiemashup._sansio import PLACEHOLDER_CALLBACK_URL
+from kiemashup._core.protocol import PLACEHOLDER_CALLBACK_URL
 from kiemashup.testing import (
     CallbackFaults,
     FakeKieServer,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kiemashup._state import TABLE
+from kiemashup._core.state import TABLE
 from kiemashup.testing import FakeKieServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +34,7 @@ def _runnable_blocks() -> list[tuple[str, str]]:
 
 
 def test_stage_table_in_docs_matches_code() -> None:
-    """docs/waiting.md draws the stage table from kiemashup._state.TABLE."""
+    """docs/waiting.md draws the stage table from kiemashup._core.state.TABLE."""
     text = (ROOT / "docs" / "waiting.md").read_text()
     table = text.split("<!-- stage-table -->")[1].split("<!-- /stage-table -->")[0]
     rows = list(table.strip().splitlines()[2:])

@@ -18,7 +18,7 @@ from kiemashup import (
     Track,
     UploadError,
 )
-from kiemashup._media import safe_component, sniff_audio, track_file_name
+from kiemashup._core.filenames import safe_component, sniff_audio, track_file_name
 from kiemashup.testing import FakeKieServer, Fault
 
 MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 40

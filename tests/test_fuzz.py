@@ -11,8 +11,9 @@ import json
 import random
 from typing import Any
 
-from kiemashup._errors import KieError
-from kiemashup._sansio import parse_callback_at, parse_envelope, parse_record_info, sign
+from kiemashup._core.callbacks import parse_callback_at, sign
+from kiemashup._core.errors import KieError
+from kiemashup._core.protocol import parse_envelope, parse_record_info
 
 SEED = 20261125
 RECORD_INFO: dict[str, Any] = {

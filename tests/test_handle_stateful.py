@@ -9,12 +9,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from kiemashup._errors import KieError, TaskFailedError
+from kiemashup._core.errors import KieError, TaskFailedError
+from kiemashup._core.models import Stage, TaskSnapshot, Track
+from kiemashup._core.policy import PollPolicy
+from kiemashup._core.state import make_snapshot
 from kiemashup._handle import Hooks, TaskHandle, TaskState
-from kiemashup._models import Stage, TaskSnapshot, Track
-from kiemashup._policy import PollPolicy
 from kiemashup._scheduler import PollScheduler
-from kiemashup._state import make_snapshot
 
 STATUSES = [
     "PENDING", "TEXT_SUCCESS", "FIRST_SUCCESS", "SUCCESS", "GENERATE_AUDIO_FAILED",

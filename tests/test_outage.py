@@ -23,7 +23,7 @@ from kiemashup import (
     TaskStatus,
     TransportError,
 )
-from kiemashup._sansio import outage_interval
+from kiemashup._core.timing import outage_interval
 from kiemashup.testing import FakeKieServer, Timeline
 
 ClientFactory = Callable[..., MashupClient]

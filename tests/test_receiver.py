@@ -25,7 +25,8 @@ from kiemashup import (
     TaskStatus,
     parse_callback,
 )
-from kiemashup._sansio import parse_record_info, sign
+from kiemashup._core.callbacks import sign
+from kiemashup._core.protocol import parse_record_info
 from kiemashup.testing import signed_headers
 
 SAMPLES = Path(__file__).parent / "samples"

@@ -1,4 +1,4 @@
-"""The stage machine: the table in kiemashup._state and the rules written above it."""
+"""The stage machine: the table in kiemashup._core.state and the rules written above it."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kiemashup._models import Stage, TaskSnapshot, TaskStatus, Track
-from kiemashup._state import (
+from kiemashup._core.models import Stage, TaskSnapshot, TaskStatus, Track
+from kiemashup._core.state import (
     TABLE,
     Row,
     advance,

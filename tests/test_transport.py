@@ -34,7 +34,7 @@ from kiemashup import (
     Timeouts,
     TransportError,
 )
-from kiemashup._sansio import CREDITS_PATH, RECORD_INFO_PATH, SUBMIT_PATH
+from kiemashup._core.protocol import CREDITS_PATH, RECORD_INFO_PATH, SUBMIT_PATH
 from kiemashup._transport import Transport
 
 BASE = "https://api.kie.test"

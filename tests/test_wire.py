@@ -14,15 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kiemashup import KieError, ProtocolError, Stage, TaskStatus, Track
-from kiemashup._errors import CallbackRejected
-from kiemashup._request import MashupRequest
-from kiemashup._sansio import (
-    parse_callback_at,
-    parse_envelope,
-    parse_record_info,
-    snapshot_from_callback,
+from kiemashup._core.callbacks import parse_callback_at, snapshot_from_callback
+from kiemashup._core.errors import CallbackRejected
+from kiemashup._core.protocol import parse_envelope, parse_record_info
+from kiemashup._core.request import MashupRequest
+from kiemashup._core.wire import (
+    camel,
+    snake,
+    structure_track,
+    structure_tracks,
+    unstructure_request,
 )
-from kiemashup._wire import camel, snake, structure_track, structure_tracks, unstructure_request
 
 SAMPLES = Path(__file__).parent / "samples"
 TASK = "5c79a1b2be8e"

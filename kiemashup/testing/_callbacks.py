@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from kiemashup._sansio import sign
+from kiemashup._core.callbacks import sign
 from kiemashup.testing._task import FakeTask, callback_payload
 
 __all__ = [

@@ -28,19 +28,14 @@ from kiemashup import (
     Stage,
     TaskStatus,
 )
-from kiemashup._sansio import (
+from kiemashup._core.callbacks import parse_callback_at, sign, verify_signature
+from kiemashup._core.protocol import parse_credits, parse_envelope, parse_retry_after, parse_submit
+from kiemashup._core.timing import (
     SlidingWindow,
     backoff_delay,
     outage_interval,
-    parse_callback_at,
-    parse_credits,
-    parse_envelope,
-    parse_retry_after,
-    parse_submit,
     poll_interval,
     retry_delay,
-    sign,
-    verify_signature,
 )
 
 KEY = "whk_5e3c7a1f"

@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from kiemashup._errors import Problem, RequestValidationError
-from kiemashup._models import Model, VocalGender
-from kiemashup._wire import unstructure_request
+from kiemashup._core.errors import Problem, RequestValidationError
+from kiemashup._core.models import Model, VocalGender
+from kiemashup._core.wire import unstructure_request
 
 NON_CUSTOM_PROMPT_MAX = 500
 TITLE_MAX = 80  # Kie's mashup page says 80 for all models; clones say 100 (KIE-API.md §1.3)

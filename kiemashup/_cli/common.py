@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from kiemashup._client import MashupClient
-from kiemashup._errors import (
+from kiemashup._core.errors import (
     APIError,
     DownloadError,
     FileValidationError,
@@ -24,8 +24,8 @@ from kiemashup._errors import (
     TaskFailedError,
     TransportError,
 )
-from kiemashup._models import TaskSnapshot
-from kiemashup._policy import PollPolicy
+from kiemashup._core.models import TaskSnapshot
+from kiemashup._core.policy import PollPolicy
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API, EXIT_CONFIG, EXIT_UNKNOWN = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130

@@ -14,7 +14,7 @@ import sys
 from typing import Any, TextIO
 
 from kiemashup._batch import BatchItem
-from kiemashup._cli_common import (
+from kiemashup._cli.common import (
     EXIT_API,
     EXIT_FAILED,
     EXIT_OK,
@@ -25,10 +25,10 @@ from kiemashup._cli_common import (
     print_snapshot,
 )
 from kiemashup._client import MashupClient
-from kiemashup._errors import RequestValidationError, SubmitOutcomeUnknown, TaskFailedError
-from kiemashup._models import Stage, TaskSnapshot
-from kiemashup._request import MashupRequest, is_http_url
-from kiemashup._wire import snapshot_json
+from kiemashup._core.errors import RequestValidationError, SubmitOutcomeUnknown, TaskFailedError
+from kiemashup._core.models import Stage, TaskSnapshot
+from kiemashup._core.request import MashupRequest, is_http_url
+from kiemashup._core.wire import snapshot_json
 
 _PLACEHOLDER = "https://upload.invalid/{}.mp3"  # validates a request before any upload
 _STAGES = ["text", "first", "complete"]

@@ -26,25 +26,27 @@ from typing import IO, Any
 
 import aiohttp
 
-from kiemashup._errors import DownloadError, FileValidationError, ServerError
-from kiemashup._media import (
-    BASE64_MAX,
-    BASE64_UPLOAD_PATH,
-    DEFAULT_UPLOAD_PATH,
+from kiemashup._core.errors import DownloadError, FileValidationError, ServerError
+from kiemashup._core.filenames import (
     SNIFF_BYTES,
-    STREAM_UPLOAD_PATH,
-    URL_UPLOAD_PATH,
     audio_problem,
     default_upload_name,
     mime_type,
-    parse_upload_reply,
     safe_component,
     track_file_name,
     url_file_name,
 )
-from kiemashup._models import Track
-from kiemashup._policy import Timeouts
-from kiemashup._request import is_http_url
+from kiemashup._core.models import Track
+from kiemashup._core.policy import Timeouts
+from kiemashup._core.protocol import (
+    BASE64_MAX,
+    BASE64_UPLOAD_PATH,
+    DEFAULT_UPLOAD_PATH,
+    STREAM_UPLOAD_PATH,
+    URL_UPLOAD_PATH,
+    parse_upload_reply,
+)
+from kiemashup._core.request import is_http_url
 from kiemashup._transport import RETRYABLE_READ, USER_AGENT, Transport, translate
 
 #: ``progress(bytes_done, total_or_None)`` after every chunk written.

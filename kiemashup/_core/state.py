@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from kiemashup._models import Stage, TaskSnapshot, TaskStatus, Track
+from kiemashup._core.models import Stage, TaskSnapshot, TaskStatus, Track
 
 
 class Row(NamedTuple):

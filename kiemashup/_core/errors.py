@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 if TYPE_CHECKING:
-    from kiemashup._models import TaskSnapshot
+    from kiemashup._core.models import TaskSnapshot
 
 
 class KieError(Exception):

@@ -18,8 +18,8 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn
 
-from kiemashup._errors import ProtocolError
-from kiemashup._models import TaskSnapshot, Track
+from kiemashup._core.errors import ProtocolError
+from kiemashup._core.models import TaskSnapshot, Track
 
 # Outgoing renames where Kie's spelling is not plain camelCase of our field name.
 _OUTGOING_RENAMES = {"upload_urls": "uploadUrlList", "callback_url": "callBackUrl"}

@@ -1,27 +1,15 @@
-"""Pure helpers for files: audio sniffing, safe names, upload replies. This module performs no I/O.
+"""Pure rules for files: audio sniffing and safe names. This module performs no I/O.
 
-Kie's File Upload API (KIE-API.md §5.2) lives on its own host and wraps replies
-in the usual ``{code, msg, data}`` envelope plus a ``success`` flag; the URL to
-pass on is ``data.downloadUrl``. Uploaded files are deleted after 3 days.
+Names are bounded and sanitised here so that no file the SDK writes can escape its
+folder or trip over an operating system's reserved names.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from kiemashup._errors import APIError, ProtocolError, UploadError
-from kiemashup._request import is_http_url
-from kiemashup._sansio import parse_envelope
-
-STREAM_UPLOAD_PATH = "/api/file-stream-upload"
-BASE64_UPLOAD_PATH = "/api/file-base64-upload"
-URL_UPLOAD_PATH = "/api/file-url-upload"
-DEFAULT_UPLOAD_PATH = "kiemashup/uploads"
-BASE64_MAX = 1024 * 1024  # bytes up to this size go as base64 JSON; bigger ones are streamed
 SNIFF_BYTES = 16
 
 #: Audio kinds we recognise, with their usual extension and MIME type.
@@ -131,30 +119,3 @@ def url_file_name(url: str) -> str:
     """A safe file name from the last segment of ``url``'s path."""
     segment = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
     return safe_component(segment, fallback="download")
-
-
-def parse_upload_reply(
-    http_status: int, body: bytes, *, retry_after: str | None = None, now: float = 0.0
-) -> str:
-    """``data.downloadUrl`` from an upload reply, or the typed error it stands for.
-
-    Codes with a finer class (401, 402, 429, 455, 5xx) keep it; any other failure,
-    including ``success: false`` with code 200, becomes ``UploadError``.
-    """
-    try:
-        data = parse_envelope(http_status, body, retry_after=retry_after, now=now)
-    except APIError as exc:
-        if type(exc) is APIError:
-            raise UploadError(exc.code, exc.message, http_status=exc.http_status) from None
-        raise
-    envelope: Any = json.loads(body)
-    if envelope.get("success") is False:
-        msg = envelope.get("msg")
-        raise UploadError(
-            200, msg if isinstance(msg, str) else "upload failed", http_status=http_status
-        )
-    url = data.get("downloadUrl") if isinstance(data, dict) else None
-    if not is_http_url(url):
-        raise ProtocolError("upload reply has no downloadUrl")
-    assert isinstance(url, str)
-    return url

@@ -1,8 +1,8 @@
 """The ``kiemashup`` command line (also ``python -m kiemashup``).
 
-Commands: demo, status, wait, credits, and (in _cli_files) submit, batch, upload,
+Commands: demo, status, wait, credits, and (in .files) submit, batch, upload,
 download. Environment: KIE_API_KEY, KIE_BASE_URL, KIE_UPLOAD_BASE_URL,
-KIEMASHUP_POLL_INITIAL (see _cli_common and docs/cli.md).
+KIEMASHUP_POLL_INITIAL (see .common and docs/cli.md).
 
 Exit codes:
   0  success
@@ -25,7 +25,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from kiemashup._cli_common import (
+from kiemashup._cli.common import (
     EXIT_API,
     EXIT_CONFIG,
     EXIT_FAILED,
@@ -36,11 +36,11 @@ from kiemashup._cli_common import (
     exit_code_for,
     make_client,
 )
-from kiemashup._cli_common import print_snapshot as _print_snapshot
-from kiemashup._cli_files import FILE_COMMANDS, add_file_commands
-from kiemashup._errors import KieError, TaskFailedError
-from kiemashup._models import Stage, TaskSnapshot
-from kiemashup._wire import snapshot_json
+from kiemashup._cli.common import print_snapshot as _print_snapshot
+from kiemashup._cli.files import FILE_COMMANDS, add_file_commands
+from kiemashup._core.errors import KieError, TaskFailedError
+from kiemashup._core.models import Stage, TaskSnapshot
+from kiemashup._core.wire import snapshot_json
 
 __all__ = [  # the names tests and users import from here
     "EXIT_API",
@@ -127,7 +127,7 @@ def _emit(args: argparse.Namespace, snapshot: TaskSnapshot) -> None:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from kiemashup._demo import run_demo  # loads the testing kit only when asked
+    from kiemashup._cli.demo import run_demo  # loads the testing kit only when asked
 
     summary = await run_demo(
         count=args.count,

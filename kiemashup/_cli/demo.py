@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from kiemashup._client import MashupClient
-from kiemashup._errors import KieError, TaskFailedError
+from kiemashup._core.errors import KieError, TaskFailedError
+from kiemashup._core.models import Stage, TaskSnapshot
+from kiemashup._core.policy import PollPolicy
+from kiemashup._core.request import MashupRequest
 from kiemashup._handle import TaskHandle
-from kiemashup._models import Stage, TaskSnapshot
-from kiemashup._policy import PollPolicy
 from kiemashup._receiver import CallbackReceiver
-from kiemashup._request import MashupRequest
 from kiemashup.testing import FakeKieServer, Timeline
 
 DEMO_KEY = "demo-key-not-secret"

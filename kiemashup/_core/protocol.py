@@ -1,0 +1,191 @@
+"""Kie's HTTP protocol without I/O: endpoint paths, the envelope, and every reply.
+
+This module performs no I/O and reads no clock: the current time is an argument.
+Submit, record-info, credits and upload replies are all read here, so the client
+and the file transfer decide nothing about the wire themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from kiemashup._core.errors import (
+    APIError,
+    AuthenticationError,
+    InsufficientCreditsError,
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+    ServiceUnavailableError,
+    UploadError,
+)
+from kiemashup._core.models import TaskSnapshot
+from kiemashup._core.request import is_http_url
+from kiemashup._core.state import make_snapshot
+from kiemashup._core.wire import structure_tracks
+
+SUBMIT_PATH = "/api/v1/generate/mashup"
+RECORD_INFO_PATH = "/api/v1/generate/record-info"
+CREDITS_PATH = "/api/v1/chat/credit"
+# The File Upload API lives on its own host (KIE-API.md §5.2); files are deleted after 3 days.
+STREAM_UPLOAD_PATH = "/api/file-stream-upload"
+BASE64_UPLOAD_PATH = "/api/file-base64-upload"
+URL_UPLOAD_PATH = "/api/file-url-upload"
+DEFAULT_UPLOAD_PATH = "kiemashup/uploads"
+BASE64_MAX = 1024 * 1024  # bytes up to this size go as base64 JSON; bigger ones are streamed
+# Kie requires callBackUrl; a client that only polls sends this documented placeholder.
+PLACEHOLDER_CALLBACK_URL = "https://callback.invalid/kiemashup-polling-only"
+
+
+# --- replies -----------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:  # "-0000" means UTC with no offset known; never local time
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def api_error(
+    code: int, message: str, *, http_status: int, retry_after: float | None = None
+) -> APIError:
+    """The typed error for a Kie code (body code first, then HTTP status)."""
+    if code == 401:
+        return AuthenticationError(code, message, http_status=http_status)
+    if code == 402:
+        return InsufficientCreditsError(code, message, http_status=http_status)
+    if code == 429:
+        return RateLimitError(code, message, http_status=http_status, retry_after=retry_after)
+    if code == 455:
+        return ServiceUnavailableError(code, message, http_status=http_status)
+    if 500 <= code <= 599:
+        return ServerError(code, message, http_status=http_status)
+    return APIError(code, message, http_status=http_status)
+
+
+def parse_envelope(
+    http_status: int, body: bytes, *, retry_after: str | None = None, now: float = 0.0
+) -> Any:
+    """The ``data`` of a ``{code, msg, data}`` reply, or the typed error it stands for.
+
+    Kie answers logical errors with HTTP 200 and a body code, and real errors with an
+    HTTP status and maybe no JSON at all: fail on either, and map the body code first.
+    """
+    wait = parse_retry_after(retry_after, now)
+    try:
+        decoded = json.loads(body) if body else None
+    except (ValueError, UnicodeDecodeError):
+        decoded = None
+    envelope: dict[str, Any] = decoded if isinstance(decoded, dict) else {}
+    code = envelope.get("code")
+    if isinstance(code, int) and not isinstance(code, bool):
+        if code == 200 and http_status < 400:
+            return envelope.get("data")
+        msg = envelope.get("msg")
+        message = msg if isinstance(msg, str) else ""
+        if code == 200:  # an HTTP error wrapped around a success code: trust the HTTP status
+            code = http_status
+        raise api_error(
+            code, message or f"HTTP {http_status}", http_status=http_status, retry_after=wait
+        )
+    if http_status >= 400:
+        raise api_error(
+            http_status, f"HTTP {http_status}", http_status=http_status, retry_after=wait
+        )
+    raise ProtocolError(f"reply is not a Kie envelope (HTTP {http_status}, {len(body)} bytes)")
+
+
+def parse_submit(data: Any) -> str:
+    """The task id from a mashup submit's ``data``."""
+    task_id = data.get("taskId") if isinstance(data, dict) else None
+    if not isinstance(task_id, str) or not task_id:
+        raise ProtocolError("submit reply has no taskId")
+    return task_id
+
+
+def parse_credits(data: Any) -> int:
+    """Remaining credits from the credit endpoint's ``data``."""
+    if isinstance(data, bool) or not isinstance(data, int | float):
+        raise ProtocolError(f"credit reply is not a number: {type(data).__name__}")
+    return int(data)
+
+
+def optional_int(value: Any) -> int | None:
+    if isinstance(value, bool) or value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: JSON Infinity
+        return None
+
+
+def optional_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def parse_record_info(data: Any, *, task_id: str | None = None) -> TaskSnapshot:
+    """A snapshot from record-info's camelCase ``data``; lenient about absent or extra fields."""
+    if not isinstance(data, dict):
+        raise ProtocolError(f"record-info data is not an object: {type(data).__name__}")
+    tid = optional_str(data.get("taskId")) or task_id
+    if tid is None:
+        raise ProtocolError("record-info data has no taskId")
+    status = data.get("status")
+    if not isinstance(status, str) or not status:
+        status = "PENDING"  # absent status: nothing is known yet
+    response = data.get("response")
+    raw_tracks = response.get("sunoData") if isinstance(response, dict) else None
+    return make_snapshot(
+        tid,
+        status,
+        structure_tracks(raw_tracks),
+        error_code=optional_int(data.get("errorCode")),
+        error_message=optional_str(data.get("errorMessage")),
+    )
+
+
+def parse_upload_reply(
+    http_status: int, body: bytes, *, retry_after: str | None = None, now: float = 0.0
+) -> str:
+    """``data.downloadUrl`` from an upload reply, or the typed error it stands for.
+
+    Codes with a finer class (401, 402, 429, 455, 5xx) keep it; any other failure,
+    including ``success: false`` with code 200, becomes ``UploadError``.
+    """
+    try:
+        data = parse_envelope(http_status, body, retry_after=retry_after, now=now)
+    except APIError as exc:
+        if type(exc) is APIError:
+            raise UploadError(exc.code, exc.message, http_status=exc.http_status) from None
+        raise
+    envelope: Any = json.loads(body)
+    if envelope.get("success") is False:
+        msg = envelope.get("msg")
+        raise UploadError(
+            200, msg if isinstance(msg, str) else "upload failed", http_status=http_status
+        )
+    url = data.get("downloadUrl") if isinstance(data, dict) else None
+    if not is_http_url(url):
+        raise ProtocolError("upload reply has no downloadUrl")
+    assert isinstance(url, str)
+    return url
