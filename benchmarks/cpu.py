@@ -97,10 +97,10 @@ async def _run(url: str, task_ids: list[str], n: int, rounds: int) -> list[Figur
         )
         callback = "https://example.com/callback"
 
-        async def sdk_submit(i: int) -> object:
+        async def sdk_submit(_i: int) -> object:
             return await client.submit(request)
 
-        async def raw_submit(i: int) -> object:
+        async def raw_submit(_i: int) -> object:
             payload = {
                 "uploadUrlList": ["https://example.com/a.mp3", "https://example.com/b.mp3"],
                 "prompt": "a mashup",

@@ -72,7 +72,7 @@ async def _raw(n: int) -> float:
     gc.collect()
     base = settled_rss()
 
-    async def poller(task_id: str) -> None:
+    async def poller(_task_id: str) -> None:
         latest: dict[str, object] | None = None
         for _ in range(1_000_000):  # until done (a GET and a check would go here)
             await asyncio.sleep(3.0)

@@ -34,7 +34,8 @@ from typing import Any
 import attrs
 
 from kiemashup._core.errors import JournalError, JournalMismatchError
-from kiemashup._core.models import Stage, TaskSnapshot, TaskStatus, Track
+from kiemashup._core.models import Stage, TaskSnapshot, Track
+from kiemashup._core.state import make_snapshot
 from kiemashup._core.wire import snapshot_json
 
 try:
@@ -63,16 +64,12 @@ def snapshot_record(snapshot: TaskSnapshot) -> dict[str, Any]:
 
 def snapshot_from_record(data: dict[str, Any]) -> TaskSnapshot:
     """The snapshot a ``snapshot_record`` dict describes."""
-    status = data["status"]
-    return TaskSnapshot(
-        task_id=data["task_id"],
-        status=TaskStatus(status) if status in TaskStatus.__members__ else status,
-        stage=Stage[data["stage"]],
-        tracks=tuple(Track(**track) for track in data.get("tracks", ())),
+    return make_snapshot(
+        data["task_id"],
+        data["status"],
+        tuple(Track(**track) for track in data.get("tracks", ())),
         error_code=data.get("error_code"),
         error_message=data.get("error_message"),
-        is_terminal=bool(data.get("is_terminal")),
-        failed=bool(data.get("failed")),
         source="journal",
     )
 

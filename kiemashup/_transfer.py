@@ -293,7 +293,7 @@ def _form(value: object, name: str, upload_path: str, head: bytes) -> aiohttp.Fo
     form = aiohttp.FormData()
     form.add_field("uploadPath", upload_path)
     form.add_field("fileName", name)
-    form.add_field("file", value, filename=name, content_type=mime_type(head, name))
+    form.add_field("file", value, filename=name, content_type=mime_type(head))
     return form
 
 

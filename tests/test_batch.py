@@ -199,7 +199,7 @@ class InstantClient:
         self.submits = 0
         self.peak_tasks = 0
 
-    async def submit(self, request: MashupRequest) -> TaskHandle:
+    async def submit(self, _request: MashupRequest) -> TaskHandle:
         self.submits += 1
         self.peak_tasks = max(self.peak_tasks, len(asyncio.all_tasks()))
         await asyncio.sleep(0)
@@ -212,7 +212,7 @@ class InstantClient:
         async def fetch(_state: TaskState) -> Any:
             raise AssertionError("no polling needed")
 
-        return TaskHandle(state, Hooks(fetch=fetch, watch=lambda s: None, unwatch=lambda s: None))
+        return TaskHandle(state, Hooks(fetch=fetch, watch=lambda _s: None, unwatch=lambda _s: None))
 
 
 async def test_ten_thousand_items_use_a_bounded_pool() -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 
 import aiohttp
 
+import kiemashup
 from kiemashup._cli import EXIT_API, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from kiemashup.testing import FakeKieServer, Timeline
 
@@ -136,5 +138,7 @@ async def test_network_failure_names_the_public_error() -> None:
     )
     assert code == EXIT_API
     assert "TransportError" in err
-    assert "RequestFailed" not in err
+    named = re.findall(r"kiemashup: (\w+):", err)
+    assert named, err
+    assert all(name in kiemashup.__all__ for name in named), named  # public classes only
     assert "Traceback" not in err

@@ -514,9 +514,7 @@ async def test_a_thousand_concurrent_waits_respect_the_poll_limit(
 # --- hygiene --------------------------------------------------------------------------------
 
 
-async def test_no_unclosed_resource_warnings(
-    make_client: ClientFactory, fake_server: FakeKieServer, mashup_request: MashupRequest
-) -> None:
+async def test_no_unclosed_resource_warnings(fake_server: FakeKieServer) -> None:
     """A client used and closed leaves no 'Unclosed' session or connector behind."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -227,7 +227,7 @@ async def test_interrupted_download_is_retried_without_partial_files(
     fake_server.inject(Fault("audio", "reset_mid_body", times=2))
     names: set[str] = set()
 
-    def progress(done: int, total: int | None) -> None:
+    def progress(_done: int, _total: int | None) -> None:
         names.update(os.listdir(tmp_path))
 
     path = await client.download(track, tmp_path, progress=progress)

@@ -55,7 +55,7 @@ class HandleMachine(RuleBasedStateMachine):
         self.history: list[TaskSnapshot] = [self.server_truth]
         self.closed = False
 
-    async def _fetch(self, state: TaskState) -> TaskSnapshot:
+    async def _fetch(self, _state: TaskState) -> TaskSnapshot:
         await asyncio.sleep(0)
         return self.server_truth
 
@@ -172,7 +172,7 @@ def test_a_crashed_scheduler_fails_its_waiters() -> None:
     """A bug that kills the poll scheduler reaches every waiter instead of hanging them."""
 
     async def scenario() -> None:
-        async def fetch(state: TaskState) -> TaskSnapshot:
+        async def fetch(_state: TaskState) -> TaskSnapshot:
             raise AssertionError("unreachable")
 
         state = TaskState("t", 0.0)

@@ -1,5 +1,6 @@
 """The public surface promised in API-CONTRACT.md."""
 
+import re
 import subprocess
 import sys
 
@@ -25,8 +26,9 @@ def test_all_is_sorted_and_complete() -> None:
 def test_init_defines_nothing() -> None:
     """Everything in kiemashup/__init__.py is a re-export from a private module."""
     for name in kiemashup.__all__:
-        module = getattr(getattr(kiemashup, name), "__module__", "kiemashup._x")
-        assert module.startswith("kiemashup._"), name
+        obj = getattr(kiemashup, name)
+        assert hasattr(obj, "__module__"), f"{name} is not a class or function"
+        assert obj.__module__.startswith("kiemashup._"), (name, obj.__module__)
 
 
 def test_import_does_not_load_testing_kit() -> None:
@@ -36,28 +38,39 @@ def test_import_does_not_load_testing_kit() -> None:
     assert out.stdout.strip() == "False"
 
 
+def _drawn_tree() -> dict[str, str]:
+    """Each class drawn in the errors module's docstring, with the parent it is drawn under."""
+    from kiemashup._core import errors
+
+    assert errors.__doc__ is not None
+    lines = errors.__doc__.split("```")[1].strip().splitlines()
+    parents: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    for line in lines:
+        match = re.match(r"^([│ ]*)(?:[├└]── )?(\w+)", line)
+        assert match is not None, line
+        depth, name = len(match.group(1)) + (4 if "── " in line else 0), match.group(2)
+        while stack and stack[-1][0] >= depth:
+            stack.pop()
+        if stack:
+            parents[name] = stack[-1][1]
+        stack.append((depth, name))
+    return parents
+
+
 def test_error_tree() -> None:
-    """The error classes form the contract's tree."""
-    k = kiemashup
-    assert issubclass(k.RequestValidationError, k.KieError)
-    assert issubclass(k.RequestValidationError, ValueError)
-    for cls in (
-        k.AuthenticationError,
-        k.InsufficientCreditsError,
-        k.RateLimitError,
-        k.ServiceUnavailableError,
-        k.ServerError,
-    ):
-        assert issubclass(cls, k.APIError)
-    for cls in (
-        k.TransportError,
-        k.APIError,
-        k.ProtocolError,
-        k.CallbackRejected,
-        k.SubmitOutcomeUnknown,
-        k.TaskFailedError,
-    ):
-        assert issubclass(cls, k.KieError)
+    """Every public error is drawn in the errors docstring, under the class it subclasses."""
+    drawn = _drawn_tree()
+    public_errors = {
+        name
+        for name in kiemashup.__all__
+        if isinstance(getattr(kiemashup, name), type)
+        and issubclass(getattr(kiemashup, name), Exception)
+    }
+    assert public_errors == set(drawn) | {"KieError"}
+    for name, parent in drawn.items():
+        assert issubclass(getattr(kiemashup, name), getattr(kiemashup, parent)), (name, parent)
+    assert issubclass(kiemashup.RequestValidationError, ValueError)
 
 
 def test_stage_is_ordered_and_model_values_are_api_strings() -> None:

@@ -313,7 +313,7 @@ async def test_a_failing_listener_does_not_cost_the_delivery(
 ) -> None:
     """A listener that raises is logged; the delivery still gets 200 and other listeners run."""
 
-    def broken(snapshot: TaskSnapshot) -> None:
+    def broken(_snapshot: TaskSnapshot) -> None:
         raise RuntimeError("listener bug")
 
     listener = Listener()
@@ -333,7 +333,7 @@ async def test_mounted_in_an_existing_app_with_add_subapp(http: aiohttp.ClientSe
     listener = Listener()
     receiver.subscribe(listener)
 
-    async def health(request: web.Request) -> web.Response:
+    async def health(_request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
     app = web.Application()

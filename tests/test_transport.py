@@ -238,13 +238,14 @@ READ_FAILURES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-@pytest.mark.parametrize(("name", "failure"), READ_FAILURES, ids=[n for n, _ in READ_FAILURES])
+@pytest.mark.parametrize(
+    "failure", [f for _, f in READ_FAILURES], ids=[n for n, _ in READ_FAILURES]
+)
 @pytest.mark.parametrize("endpoint", ["credits", "record-info"])
 async def test_reads_retry_transient_failures(
     transport: Transport,
     mocked: Any,
     sleeps: Sleeps,
-    name: str,
     failure: dict[str, Any],
     endpoint: str,
 ) -> None:

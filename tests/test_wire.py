@@ -19,6 +19,7 @@ from kiemashup._core.errors import CallbackRejected
 from kiemashup._core.protocol import parse_envelope, parse_record_info
 from kiemashup._core.request import MashupRequest
 from kiemashup._core.wire import (
+    _usual_track,
     camel,
     snake,
     structure_track,
@@ -522,3 +523,34 @@ def test_callback_type_exception_is_not_mistaken_for_a_status() -> None:
     snapshot = snapshot_from_callback(payload)
     assert not snapshot.is_terminal
     assert snapshot.status == "UNKNOWN_CALLBACK_EXCEPTION"
+
+
+def _converter_track(raw: dict[str, Any]) -> Track | str:
+    """What structure_track makes of ``raw`` through the converter (an unusual key sends it)."""
+    try:
+        return structure_track({"extra": None, **raw})  # an unusual key: the converter decides
+    except ProtocolError:
+        return "ProtocolError"
+
+
+_TRACK_FIELD_NAMES = frozenset(a.name for a in attrs.fields(Track))
+_TRACK_KEYS = st.sampled_from(
+    sorted(_TRACK_FIELD_NAMES | {camel(n) for n in _TRACK_FIELD_NAMES} | {"extra", "Title"})
+)
+_TRACK_VALUES = st.one_of(
+    st.none(),
+    st.text(max_size=8),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.booleans(),
+    st.sampled_from(["", "12.5", "nan", "1e999"]),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.dictionaries(_TRACK_KEYS, _TRACK_VALUES, max_size=8))
+def test_usual_track_fast_path_agrees_with_the_converter(raw: dict[str, Any]) -> None:
+    """Where the fast path builds a track, the converter builds the very same one."""
+    fast = _usual_track(raw)
+    if fast is not None:
+        assert fast == _converter_track(raw)

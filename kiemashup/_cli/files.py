@@ -204,7 +204,7 @@ class BatchDisplay:
         if self.tty:
             self._render()
 
-    def finished(self, item: BatchItem, files: list[str]) -> None:
+    def finished(self, item: BatchItem) -> None:
         if self.tty:
             self._render()
             return
@@ -264,7 +264,7 @@ async def batch_cmd(args: argparse.Namespace) -> int:
                 files = []
                 if args.out and item.ok and item.snapshot is not None:
                     files = await _save_tracks(client, item.snapshot, args.out)
-                display.finished(item, files)
+                display.finished(item)
                 rows.append(_row(item, files))
         finally:
             display.close()

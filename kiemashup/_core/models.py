@@ -83,20 +83,33 @@ class Track:
 class TaskSnapshot:
     """An immutable view of one task at one moment, from a poll or a callback.
 
-    ``stage``, ``is_terminal`` and ``failed`` are derived from ``status`` and
-    ``tracks`` by the stage table in ``_state`` when the snapshot is built.
-    ``source`` says where it came from: ``"poll"``, ``"callback"`` or ``"submit"``.
+    ``stage``, ``is_terminal`` and ``failed`` are not arguments: they are derived from
+    ``status`` and ``tracks`` by the stage table in ``_core.state`` when the snapshot
+    is built, so no snapshot can claim a stage its status and tracks do not prove. A
+    known status string becomes its ``TaskStatus`` member. ``source`` says where the
+    snapshot came from: ``"poll"``, ``"callback"``, ``"submit"`` or ``"journal"``.
     """
 
     task_id: str
     status: TaskStatus | str
-    stage: Stage
     tracks: tuple[Track, ...] = ()
     error_code: int | None = None
     error_message: str | None = None
-    is_terminal: bool = False
-    failed: bool = False
     source: str = "poll"
+    stage: Stage = attrs.field(init=False)
+    is_terminal: bool = attrs.field(init=False)
+    failed: bool = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        # Imported here, not at the top: the table module imports this one.
+        from kiemashup._core.state import classify, coerce_status
+
+        status = coerce_status(self.status)
+        stage, terminal, failed = classify(status, self.tracks)
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "stage", stage)
+        object.__setattr__(self, "is_terminal", terminal)
+        object.__setattr__(self, "failed", failed)
 
     @property
     def playable_tracks(self) -> tuple[Track, ...]:

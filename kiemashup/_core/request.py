@@ -8,7 +8,7 @@ list, not one problem per attempt.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -93,89 +93,93 @@ def _length_problem(field: str, value: object, limit: int, where: str) -> Proble
 
 def request_problems(req: MashupRequest) -> list[Problem]:
     """Every rule ``req`` breaks, in field order; empty when the request is valid."""
-    problems: list[Problem] = []
-    add = problems.append
+    problems = list(_common_problems(req))
+    model = req.model if isinstance(req.model, Model) else Model.V5  # limits need some model
+    if req.custom_mode is True:
+        problems.extend(_custom_problems(req, model))
+    elif req.custom_mode is False:
+        problems.extend(_non_custom_problems(req))
+    if req.callback_url is not None and not is_http_url(req.callback_url):
+        problems.append(Problem("callback_url", "an http(s) URL", _describe(req.callback_url)))
+    return problems
 
+
+def _common_problems(req: MashupRequest) -> Iterator[Problem]:
+    """The rules of every request: two URLs, a known model, fields of the right types."""
     urls = req.upload_urls
     if not isinstance(urls, tuple):
-        add(Problem("upload_urls", "a sequence of exactly 2 http(s) URLs", _describe(urls)))
+        yield Problem("upload_urls", "a sequence of exactly 2 http(s) URLs", _describe(urls))
     else:
         if len(urls) != 2:
-            add(Problem("upload_urls", "exactly 2 URLs", f"{len(urls)} URL(s)"))
+            yield Problem("upload_urls", "exactly 2 URLs", f"{len(urls)} URL(s)")
         for i, url in enumerate(urls):
             if not is_http_url(url):
-                add(Problem(f"upload_urls[{i}]", "an http(s) URL", _describe(url)))
-
-    model_ok = isinstance(req.model, Model)
-    if not model_ok:
+                yield Problem(f"upload_urls[{i}]", "an http(s) URL", _describe(url))
+    if not isinstance(req.model, Model):
         allowed = ", ".join(m.value for m in Model)
-        add(Problem("model", f"one of {allowed}", _describe(req.model)))
-    model = req.model if model_ok else Model.V5
-
+        yield Problem("model", f"one of {allowed}", _describe(req.model))
     for name in ("custom_mode", "instrumental"):
         if not isinstance(getattr(req, name), bool):
-            add(Problem(name, "a bool", _describe(getattr(req, name))))
+            yield Problem(name, "a bool", _describe(getattr(req, name)))
     for name in ("prompt", "style", "title"):
         value = getattr(req, name)
         if value is not None and not isinstance(value, str):
-            add(Problem(name, "a string", _describe(value)))
+            yield Problem(name, "a string", _describe(value))
 
-    if req.custom_mode is True:
-        for name in ("style", "title"):
-            value = getattr(req, name)
-            if not (isinstance(value, str) and value.strip()):
-                add(Problem(name, "required in custom mode", _describe(value)))
-        if req.instrumental is not True and not (
-            isinstance(req.prompt, str) and req.prompt.strip()
-        ):
-            add(
-                Problem(
-                    "prompt",
-                    "required in custom mode unless instrumental (the lyrics)",
-                    _describe(req.prompt),
-                )
-            )
-        for p in (
-            _length_problem("prompt", req.prompt, custom_prompt_max(model), f"for {model.value}"),
-            _length_problem("style", req.style, style_max(model), f"for {model.value}"),
-            _length_problem("title", req.title, TITLE_MAX, "(all models)"),
-        ):
-            if p is not None:
-                add(p)
-        if req.vocal_gender is not None and not isinstance(req.vocal_gender, VocalGender):
-            add(Problem("vocal_gender", "'m' or 'f'", _describe(req.vocal_gender)))
-        for name in _WEIGHTS:
-            value = getattr(req, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                add(Problem(name, "a number from 0 to 1", _describe(value)))
-            elif not 0 <= value <= 1:
-                add(Problem(name, "between 0 and 1", repr(value)))
-            elif not _two_decimals(float(value)):
-                add(Problem(name, "at most two decimals", repr(value)))
-    elif req.custom_mode is False:
-        if not (isinstance(req.prompt, str) and req.prompt.strip()):
-            add(
-                Problem(
-                    "prompt", "required in non-custom mode (a description)", _describe(req.prompt)
-                )
-            )
-        p = _length_problem("prompt", req.prompt, NON_CUSTOM_PROMPT_MAX, "in non-custom mode")
+
+def _filled(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _custom_problems(req: MashupRequest, model: Model) -> Iterator[Problem]:
+    """Custom mode (KIE-API.md §1.2): style and title required, lyrics unless instrumental."""
+    for name in ("style", "title"):
+        value = getattr(req, name)
+        if not _filled(value):
+            yield Problem(name, "required in custom mode", _describe(value))
+    if req.instrumental is not True and not _filled(req.prompt):
+        yield Problem(
+            "prompt",
+            "required in custom mode unless instrumental (the lyrics)",
+            _describe(req.prompt),
+        )
+    for p in (
+        _length_problem("prompt", req.prompt, custom_prompt_max(model), f"for {model.value}"),
+        _length_problem("style", req.style, style_max(model), f"for {model.value}"),
+        _length_problem("title", req.title, TITLE_MAX, "(all models)"),
+    ):
         if p is not None:
-            add(p)
-        for name in _CUSTOM_ONLY:
-            value = getattr(req, name)
-            if value is not None:
-                add(
-                    Problem(
-                        name, "only applies in custom mode (custom_mode=True)", _describe(value)
-                    )
-                )
+            yield p
+    if req.vocal_gender is not None and not isinstance(req.vocal_gender, VocalGender):
+        yield Problem("vocal_gender", "'m' or 'f'", _describe(req.vocal_gender))
+    for name in _WEIGHTS:
+        yield from _weight_problems(name, getattr(req, name))
 
-    if req.callback_url is not None and not is_http_url(req.callback_url):
-        add(Problem("callback_url", "an http(s) URL", _describe(req.callback_url)))
-    return problems
+
+def _weight_problems(name: str, value: object) -> Iterator[Problem]:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        yield Problem(name, "a number from 0 to 1", _describe(value))
+    elif not 0 <= value <= 1:
+        yield Problem(name, "between 0 and 1", repr(value))
+    elif not _two_decimals(float(value)):
+        yield Problem(name, "at most two decimals", repr(value))
+
+
+def _non_custom_problems(req: MashupRequest) -> Iterator[Problem]:
+    """Non-custom mode: a description prompt only; the custom-mode fields stay unset."""
+    if not _filled(req.prompt):
+        yield Problem(
+            "prompt", "required in non-custom mode (a description)", _describe(req.prompt)
+        )
+    p = _length_problem("prompt", req.prompt, NON_CUSTOM_PROMPT_MAX, "in non-custom mode")
+    if p is not None:
+        yield p
+    for name in _CUSTOM_ONLY:
+        value = getattr(req, name)
+        if value is not None:
+            yield Problem(name, "only applies in custom mode (custom_mode=True)", _describe(value))
 
 
 @attrs.frozen(slots=True)

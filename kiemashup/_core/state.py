@@ -1,14 +1,17 @@
 """The stage machine, as a table. This module performs no I/O.
 
 Rules:
-1. Each known status maps to one row: (stage, terminal, failed).
+1. Each known status maps to one row: (stage, terminal, failed, tracks_decide), and
+   ``classify`` reads the row of every status; a status not in the table reads
+   ``UNKNOWN_ROW``.
 2. SUCCESS is the only terminal success; CREATE_TASK_FAILED, GENERATE_AUDIO_FAILED and
    SENSITIVE_WORD_ERROR are terminal failures.
 3. CALLBACK_EXCEPTION means Kie could not deliver a callback: it is terminal, and it is
    a success (stage COMPLETE) when every track it carries is playable, else a failure
    that still keeps whatever tracks it has.
 4. An unknown status is kept as a string; it is neither terminal nor failed, and its
-   stage is read off the tracks (so a new status never moves a task backwards).
+   stage is read off the tracks (so a new status never moves a task backwards). A
+   failure keeps the stage its tracks prove too.
 5. A task's view only moves forward (``advance``): a terminal snapshot is final, and a
    non-terminal one replaces the current one only if it is at a later stage, or at the
    same stage and status with more playable tracks (so duplicates are dropped).
@@ -22,6 +25,17 @@ from kiemashup._core.models import Stage, TaskSnapshot, TaskStatus, Track
 
 
 class Row(NamedTuple):
+    """One row of the table: what a status proves, and whether its tracks may prove more."""
+
+    stage: Stage
+    terminal: bool
+    failed: bool
+    tracks_decide: bool = False  # rules 3 and 4: the stage (rule 3: the outcome) is the tracks'
+
+
+class Verdict(NamedTuple):
+    """What ``classify`` decides for one snapshot."""
+
     stage: Stage
     terminal: bool
     failed: bool
@@ -32,11 +46,14 @@ TABLE: dict[TaskStatus, Row] = {
     TaskStatus.TEXT_SUCCESS: Row(Stage.TEXT, terminal=False, failed=False),
     TaskStatus.FIRST_SUCCESS: Row(Stage.FIRST, terminal=False, failed=False),
     TaskStatus.SUCCESS: Row(Stage.COMPLETE, terminal=True, failed=False),
-    TaskStatus.CREATE_TASK_FAILED: Row(Stage.PENDING, terminal=True, failed=True),
-    TaskStatus.GENERATE_AUDIO_FAILED: Row(Stage.PENDING, terminal=True, failed=True),
-    TaskStatus.SENSITIVE_WORD_ERROR: Row(Stage.PENDING, terminal=True, failed=True),
-    TaskStatus.CALLBACK_EXCEPTION: Row(Stage.PENDING, terminal=True, failed=True),
+    TaskStatus.CREATE_TASK_FAILED: Row(Stage.PENDING, True, True, tracks_decide=True),
+    TaskStatus.GENERATE_AUDIO_FAILED: Row(Stage.PENDING, True, True, tracks_decide=True),
+    TaskStatus.SENSITIVE_WORD_ERROR: Row(Stage.PENDING, True, True, tracks_decide=True),
+    # Rule 3: failed unless every track it carries is playable (then a COMPLETE success).
+    TaskStatus.CALLBACK_EXCEPTION: Row(Stage.PENDING, True, True, tracks_decide=True),
 }
+#: The row of every status that is not in the table (rule 4).
+UNKNOWN_ROW = Row(Stage.PENDING, terminal=False, failed=False, tracks_decide=True)
 
 _BY_VALUE: dict[str, TaskStatus] = {s.value: s for s in TaskStatus}
 
@@ -56,19 +73,19 @@ def stage_from_tracks(tracks: tuple[Track, ...]) -> Stage:
     return Stage.PENDING
 
 
-def classify(status: TaskStatus | str, tracks: tuple[Track, ...]) -> Row:
-    """The (stage, terminal, failed) row for a status and its tracks (rules 1-4)."""
-    if status is TaskStatus.CALLBACK_EXCEPTION:
-        playable = sum(1 for t in tracks if t.playable)
-        if tracks and playable == len(tracks):
-            return Row(Stage.COMPLETE, terminal=True, failed=False)
-        return Row(stage_from_tracks(tracks), terminal=True, failed=True)
-    row = TABLE.get(status) if isinstance(status, TaskStatus) else None
-    if row is None:
-        return Row(stage_from_tracks(tracks), terminal=False, failed=False)
-    if row.failed:
-        return Row(max(row.stage, stage_from_tracks(tracks)), terminal=True, failed=True)
-    return row
+def row_for(status: TaskStatus | str) -> Row:
+    """The table's row for ``status`` (``UNKNOWN_ROW`` for a status Kie never documented)."""
+    return TABLE.get(status, UNKNOWN_ROW) if isinstance(status, TaskStatus) else UNKNOWN_ROW
+
+
+def classify(status: TaskStatus | str, tracks: tuple[Track, ...]) -> Verdict:
+    """The (stage, terminal, failed) verdict for a status and its tracks (rules 1-4)."""
+    row = row_for(status)
+    if not row.tracks_decide:
+        return Verdict(row.stage, row.terminal, row.failed)
+    if status is TaskStatus.CALLBACK_EXCEPTION and tracks and all(t.playable for t in tracks):
+        return Verdict(Stage.COMPLETE, terminal=True, failed=False)
+    return Verdict(max(row.stage, stage_from_tracks(tracks)), row.terminal, row.failed)
 
 
 def make_snapshot(
@@ -80,18 +97,13 @@ def make_snapshot(
     error_message: str | None = None,
     source: str = "poll",
 ) -> TaskSnapshot:
-    """Build a snapshot whose stage and flags follow the table."""
-    coerced = coerce_status(status)
-    row = classify(coerced, tracks)
+    """Build a snapshot; its stage and flags follow the table (``TaskSnapshot`` derives them)."""
     return TaskSnapshot(
-        task_id=task_id,
-        status=coerced,
-        stage=row.stage,
-        tracks=tracks,
+        task_id,
+        status,
+        tracks,
         error_code=error_code,
         error_message=error_message,
-        is_terminal=row.terminal,
-        failed=row.failed,
         source=source,
     )
 

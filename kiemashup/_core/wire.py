@@ -117,11 +117,12 @@ def structure_track(raw: object) -> Track:
     usual = _usual_track(raw)
     if usual is not None:
         return usual
-    normalised = {}
+    normalised: dict[str, Any] = {}
     for key, value in raw.items():
         if isinstance(key, str):
             name = snake(key)
-            if name in _TRACK_FIELDS:
+            # Both spellings of one field: the last one with a value wins (as in the fast path).
+            if name in _TRACK_FIELDS and (name not in normalised or value not in (None, "")):
                 normalised[name] = value
     try:
         return CONVERTER.structure(normalised, Track)

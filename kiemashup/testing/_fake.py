@@ -363,7 +363,7 @@ class FakeKieServer:
             return envelope(429, status=429)
         return envelope(200, "success", record_info_data(task, task.status_at(now)))
 
-    async def _credits(self, request: web.Request) -> web.StreamResponse:
+    async def _credits(self, _request: web.Request) -> web.StreamResponse:
         return envelope(200, "success", self.credits)
 
     async def _file(self, request: web.Request) -> web.StreamResponse:

@@ -76,19 +76,24 @@ def _check_weight(key: str, value: object) -> list[str]:
     return []
 
 
-def _check_common(payload: Mapping[str, object]) -> list[str]:
-    problems = [f"{key}: unknown field" for key in sorted(set(payload) - _KNOWN_KEYS)]
+def _check_urls(payload: Mapping[str, object]) -> list[str]:
     urls = payload.get("uploadUrlList")
     if "uploadUrlList" not in payload:
-        problems.append("uploadUrlList: required")
-    elif not isinstance(urls, list):
-        problems.append(f"uploadUrlList: must be a list, got {type(urls).__name__}")
-    elif len(urls) != 2:
-        problems.append(f"uploadUrlList: must hold exactly 2 URLs, got {len(urls)}")
-    else:
-        for index, url in enumerate(urls):
-            if not _is_http_url(url):
-                problems.append(f"uploadUrlList[{index}]: must be an http(s) URL, got {url!r}")
+        return ["uploadUrlList: required"]
+    if not isinstance(urls, list):
+        return [f"uploadUrlList: must be a list, got {type(urls).__name__}"]
+    if len(urls) != 2:
+        return [f"uploadUrlList: must hold exactly 2 URLs, got {len(urls)}"]
+    return [
+        f"uploadUrlList[{index}]: must be an http(s) URL, got {url!r}"
+        for index, url in enumerate(urls)
+        if not _is_http_url(url)
+    ]
+
+
+def _check_common(payload: Mapping[str, object]) -> list[str]:
+    problems = [f"{key}: unknown field" for key in sorted(set(payload) - _KNOWN_KEYS)]
+    problems.extend(_check_urls(payload))
     if "customMode" not in payload:
         problems.append("customMode: required")
     elif not isinstance(payload["customMode"], bool):
