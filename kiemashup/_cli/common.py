@@ -102,10 +102,11 @@ def read_environment(environ: Mapping[str, str] | None = None, *, need_key: bool
     env = os.environ if environ is None else environ
     problems: list[str] = []
     key = env.get("KIE_API_KEY")
-    if key is not None and not key.strip():
-        key = None  # set but blank: as good as unset
-    if key is None and need_key:
+    if need_key and key is not None and not key.strip():
+        problems.append("KIE_API_KEY is blank (export KIE_API_KEY=<your key>)")
+    elif need_key and key is None:
         problems.append("KIE_API_KEY is not set (export KIE_API_KEY=<your key>)")
+    key = key.strip() if key and key.strip() else None
     urls = {}
     for name in ("KIE_BASE_URL", "KIE_UPLOAD_BASE_URL"):
         value = env.get(name) or None
@@ -177,10 +178,8 @@ def seconds_in(low: float, high: float, *, low_included: bool = False) -> Callab
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
         if not (low <= value if low_included else low < value) or value > high:
-            bound = "from" if low_included else "above"
-            raise argparse.ArgumentTypeError(
-                f"must be {bound} {low:g} and at most {high:g}, got {value:g}"
-            )
+            bound = f"from {low:g} to" if low_included else f"above {low:g} and at most"
+            raise argparse.ArgumentTypeError(f"must be {bound} {high:g}, got {value:g}")
         return value
 
     parse.__name__ = "number"
