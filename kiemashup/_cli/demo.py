@@ -119,10 +119,11 @@ async def _follow(
     client: MashupClient, request: MashupRequest, index: int, display: Display
 ) -> tuple[TaskHandle, TaskSnapshot | TaskFailedError]:
     handle = await client.submit(request)
-    display.set(index, "pending", f"task {handle.task_id[:8]}")
+    task = f"task {handle.task_id[:8]}"
+    display.set(index, "pending", task)
     try:
         async for snapshot in handle.updates():
-            display.set(index, display_state(snapshot), str(snapshot.status))
+            display.set(index, display_state(snapshot), task)
     except TaskFailedError as exc:
         display.set(index, "failed", str(exc.snapshot.status))
         return handle, exc

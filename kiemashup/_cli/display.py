@@ -51,6 +51,7 @@ _MARKS = {
     "error": "[ !! ]",
     "unknown": "[ ?? ]",
 }
+_PRIORITY = {"pending": 0, "text": 0, "first": 0, "queued": 1, "submitting": 1}
 _TICK = 0.25  # seconds between redraws of a live display (the clock moves)
 _MIN_WIDTH = 20
 
@@ -195,10 +196,11 @@ class Display:
             return head
         rows = list(range(total))
         if len(rows) > room:
-            moving = [i for i in rows if self.states[i] not in FINISHED]
-            shown = sorted((moving + [i for i in rows if i not in moving])[: room - 1])
+            # Show what moves first, then what waits, then what has finished.
+            order = sorted(rows, key=lambda i: _PRIORITY.get(self.states[i], 2))
+            shown = sorted(order[: room - 1])
             hidden = total - len(shown)
-            rest = Counter(self.states[i] for i in rows if i not in shown)
+            rest = Counter(self.states[i] for i in order[room - 1 :])
             summary = ", ".join(f"{n} {s}" for s, n in rest.items())
             return (
                 head
