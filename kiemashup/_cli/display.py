@@ -53,6 +53,7 @@ _MARKS = {
 }
 _PRIORITY = {"pending": 0, "text": 0, "first": 0, "queued": 1, "submitting": 1}
 _TICK = 0.25  # seconds between redraws of a live display (the clock moves)
+_MIN_REDRAW = 0.05  # a burst of changes redraws at most this often (10 000-item batches)
 _MIN_WIDTH = 20
 
 
@@ -116,6 +117,8 @@ class Display:
         self._clock = clock
         self.started = clock()
         self._drawn = 0
+        self._last_draw = float("-inf")
+        self._name_width = max((len(n) for n in self.names), default=4)
         self._ticker: asyncio.Task[None] | None = None
 
     # -- what callers use --------------------------------------------------
@@ -128,7 +131,8 @@ class Display:
             self.since[index] = self._clock()
         self.states[index], self.details[index] = state, detail
         if self.live:
-            self.draw()
+            if self._clock() - self._last_draw >= _MIN_REDRAW:  # the ticker draws the rest
+                self.draw()
         elif self.plain_states is None or state in self.plain_states:
             self._plain(index)
 
@@ -217,7 +221,7 @@ class Display:
         )
 
     def _row(self, index: int, width: int) -> str:
-        name_width = min(max(len(n) for n in self.names), max(width // 3, 4))
+        name_width = min(self._name_width, max(width // 3, 4))
         state = self.states[index]
         detail = self.details[index]
         if state == "submitting" and self._clock() - self.since[index] > 1.0 and not detail:
@@ -233,6 +237,7 @@ class Display:
         self.stream.write("".join(f"{line}\n" for line in lines))
         self.stream.flush()
         self._drawn = len(lines)
+        self._last_draw = self._clock()
 
     def _erase(self) -> None:
         if self._drawn:
