@@ -58,7 +58,9 @@ async def test_demo_runs_round_trips_offline() -> None:
     downloads = [d for t in summary["tasks"] for d in t["downloads"]]
     assert len(downloads) == 6
     assert all(d["bytes"] > 0 for d in downloads)
-    assert "mashup 3" in err  # the live display went to stderr because of --json
+    assert "mashup 3" in err  # the display went to stderr because of --json
+    assert "\x1b" not in err  # not a terminal: plain lines, no escape sequences
+    assert "[3/3] mashup " in err
 
 
 async def test_demo_without_callbacks_polls() -> None:
@@ -285,7 +287,8 @@ def test_version_and_help(
     code, out, _ = run_main(capsys, monkeypatch, "--version")
     assert code == EXIT_OK
     assert re.fullmatch(r"kiemashup \S+\n", out)
-    for argv in (("--help",), ("submit", "--help")):
+    commands = ("demo", "submit", "status", "wait", "credits", "upload", "download", "batch")
+    for argv in (("--help",), *((command, "--help") for command in commands)):
         code, out, _ = run_main(capsys, monkeypatch, *argv)
         assert code == EXIT_OK
         assert "`" not in out
