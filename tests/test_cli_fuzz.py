@@ -68,10 +68,10 @@ OPTIONS: list[tuple[tuple[str, ...], str, Callable[[str], bool]]] = [
     (("demo",), "--count", lambda t: (v := _int(t)) is not None and 1 <= v <= 200),
     (("demo",), "--time-scale", _between(0.05, 100, low_included=True)),
     (("wait", "t1"), "--timeout", _between(0, 7 * 24 * 3600, low_included=False)),
-    (("submit", URL, URL, "--timeout", "5"), "--style-weight", lambda t: False),  # no --custom
-    (("submit", URL, URL, "--custom"), "--weirdness", lambda t: False),  # no style, no title
-    (("submit", URL, URL, "--custom"), "--audio-weight", lambda t: False),
-    (("batch", "no-such-file.jsonl"), "--concurrency", lambda t: False),  # file is missing
+    (("submit", URL, URL, "--timeout", "5"), "--style-weight", lambda _text: False),  # no --custom
+    (("submit", URL, URL, "--custom"), "--weirdness", lambda _text: False),  # no style, no title
+    (("submit", URL, URL, "--custom"), "--audio-weight", lambda _text: False),
+    (("batch", "no-such-file.jsonl"), "--concurrency", lambda _text: False),  # file is missing
 ]
 
 
