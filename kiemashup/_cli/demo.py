@@ -182,7 +182,8 @@ async def _run_demo(
             out.write(f"Callback receiver on {receiver.url.rsplit('/', 1)[0]}/<secret token>\n")
         else:
             out.write("No callbacks: the client polls alone\n")
-        out.write(f"Submitting {plural(count, 'mashup')} concurrently...\n")
+        together = " concurrently" if count > 1 else ""
+        out.write(f"Submitting {plural(count, 'mashup')}{together}...\n")
         display = Display(
             out, names, title=plural(count, "mashup"), note=SLOT_NOTE, initial="submitting"
         )
