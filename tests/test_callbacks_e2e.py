@@ -45,11 +45,28 @@ ENDLESS = Timeline.success(text=60.0, first=70.0, complete=80.0)
 ClientFactory = Callable[..., MashupClient]
 
 
+#: Tests that read what the callbacks said run against both shapes of the fake.
+BOTH_SHAPES = {
+    "test_callbacks_wake_each_stage_and_polling_only_confirms",
+    "test_an_error_callback_fails_the_wait_after_a_confirming_poll",
+    "test_without_confirmation_callbacks_alone_finish_the_task",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the BOTH_SHAPES tests once per fake-server shape."""
+    if metafunc.function.__name__ in BOTH_SHAPES:
+        metafunc.parametrize("server", ["friendly", "least-friendly"], indirect=True)
+
+
 @pytest_asyncio.fixture
-async def server() -> AsyncIterator[FakeKieServer]:
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[FakeKieServer]:
     """A fake Kie that signs its callbacks; tasks finish in 150 ms."""
     async with FakeKieServer(
-        api_key=API_KEY, webhook_hmac_key=HMAC_KEY, default_timeline=QUICK
+        api_key=API_KEY,
+        webhook_hmac_key=HMAC_KEY,
+        default_timeline=QUICK,
+        shape=getattr(request, "param", "friendly"),
     ) as fake:
         yield fake
 

@@ -7,11 +7,23 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import aiohttp
+import pytest
 
 import kiemashup
-from kiemashup._cli import EXIT_API, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from kiemashup._cli import (
+    EXIT_API,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_USAGE,
+    main,
+)
+from kiemashup._cli.common import ENVIRONMENT, EXIT_CODES
 from kiemashup.testing import FakeKieServer, Timeline
 
 
@@ -47,7 +59,9 @@ async def test_demo_runs_round_trips_offline() -> None:
     downloads = [d for t in summary["tasks"] for d in t["downloads"]]
     assert len(downloads) == 6
     assert all(d["bytes"] > 0 for d in downloads)
-    assert "mashup 3" in err  # the live display went to stderr because of --json
+    assert "mashup 3" in err  # the display went to stderr because of --json
+    assert "\x1b" not in err  # not a terminal: plain lines, no escape sequences
+    assert "[3/3] mashup " in err
 
 
 async def test_demo_without_callbacks_polls() -> None:
@@ -142,3 +156,192 @@ async def test_network_failure_names_the_public_error() -> None:
     assert named, err
     assert all(name in kiemashup.__all__ for name in named), named  # public classes only
     assert "Traceback" not in err
+
+
+# --- what a newcomer types: every problem answered in one clear line --------------------------
+
+
+URL_A, URL_B = "https://cdn.example/a.mp3", "https://cdn.example/b.mp3"
+
+
+def run_main(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *argv: str, **env: str
+) -> tuple[int, str, str]:
+    """Run the CLI in-process with ``env`` (KIE_* cleared first); (exit code, stdout, stderr)."""
+    for name in [n for n in os.environ if n.startswith(("KIE_", "KIEMASHUP_"))]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (("demo", "--time-scale", "0"), "argument --time-scale: must be from 0.05 to 100, got 0"),
+        (("demo", "--time-scale", "-1"), "argument --time-scale: must be from 0.05 to 100"),
+        (("demo", "--time-scale", "nan"), "argument --time-scale: must be a finite number"),
+        (("demo", "--time-scale", "inf"), "argument --time-scale: must be a finite number"),
+        (("demo", "--count", "0"), "argument --count: must be from 1 to 200, got 0"),
+        (("demo", "--count", "many"), "argument --count: must be a whole number, got 'many'"),
+        (("batch", "x.jsonl", "--concurrency", "0"), "argument --concurrency: must be from 1"),
+        (("wait", "t1", "--timeout", "nan"), "argument --timeout: must be a finite number"),
+        (("wait", "t1", "--timeout", "0"), "argument --timeout: must be above 0"),
+        (("upload", "ftp://x/y.mp3"), "ftp://x/y.mp3: only http(s) URLs and local files"),
+        (("submit", URL_A, URL_B, "--weirdness", "x"), "argument --weirdness: must be a number"),
+        (("nonsense",), "argument COMMAND: invalid choice: 'nonsense'"),
+    ],
+)
+def test_bad_values_get_one_clear_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: tuple[str, ...],
+    expected: str,
+) -> None:
+    """Out-of-range, non-numeric, NaN and inf values and bad URLs exit 2 naming the flag."""
+    code, out, err = run_main(capsys, monkeypatch, *argv, KIE_API_KEY="k")
+    assert code == EXIT_USAGE
+    assert err.splitlines()[0].startswith(f"kiemashup: {expected}")
+    assert out == ""
+
+
+def test_a_batch_file_that_is_not_utf8_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A batch file with invalid UTF-8 exits 2 with one line naming the file."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b'{"upload_urls": ["\xff\xfe"]}\n')
+    code, _, err = run_main(capsys, monkeypatch, "batch", str(path), KIE_API_KEY="k")
+    assert code == EXIT_USAGE
+    assert err.splitlines() == [f"kiemashup: {path}: not UTF-8 text (byte 18)"]
+
+
+def test_every_request_problem_is_listed_by_its_flag(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """submit lists every broken rule, one per line, named by the flags the user typed."""
+    code, _, err = run_main(
+        capsys, monkeypatch, "submit", URL_A, "ftp-less", "--weirdness", "2",
+        "--style-weight", "0.123", "--custom", "--title", "t" * 81, KIE_API_KEY="k",
+    )  # fmt: skip
+    assert code == EXIT_USAGE
+    lines = err.splitlines()
+    assert lines[0] == "kiemashup: invalid request (5 problems):"
+    flags = [line.strip().split(":")[0] for line in lines[1:]]
+    assert sorted(flags) == sorted(
+        ["--style", "--title", "--prompt", "--style-weight", "--weirdness"]
+    )
+    assert "weirdness_constraint" not in err
+    assert "(got nothing)" in err
+
+
+def test_json_errors_are_json_on_stdout(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --json, usage, request and configuration errors are a JSON object on stdout."""
+    code, out, _ = run_main(capsys, monkeypatch, "demo", "--count", "0", "--json")
+    assert (code, json.loads(out)["error"], json.loads(out)["exit"]) == (2, "UsageError", 2)
+    code, out, _ = run_main(capsys, monkeypatch, "submit", URL_A, URL_B, "--custom", "--json")
+    body = json.loads(out)
+    assert (code, body["error"], len(body["details"])) == (2, "RequestValidationError", 3)
+    code, out, _ = run_main(capsys, monkeypatch, "credits", "--json")
+    assert json.loads(out) == {
+        "error": "ConfigError",
+        "message": "KIE_API_KEY is not set (export KIE_API_KEY=<your key>)",
+        "details": [],
+        "exit": EXIT_CONFIG,
+    }
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"KIE_API_KEY": "   "}, "KIE_API_KEY is blank"),
+        ({"KIE_API_KEY": "k", "KIE_BASE_URL": "notaurl"}, "KIE_BASE_URL must be an http(s) URL"),
+        (
+            {"KIE_API_KEY": "k", "KIE_UPLOAD_BASE_URL": "ftp://x"},
+            "KIE_UPLOAD_BASE_URL must be an http(s) URL",
+        ),
+        ({"KIE_API_KEY": "k", "KIEMASHUP_POLL_INITIAL": "abc"}, "KIEMASHUP_POLL_INITIAL must be"),
+        ({"KIE_API_KEY": "k", "KIEMASHUP_POLL_INITIAL": "0"}, "KIEMASHUP_POLL_INITIAL must be"),
+        ({"KIE_API_KEY": "k", "KIEMASHUP_POLL_INITIAL": "nan"}, "KIEMASHUP_POLL_INITIAL must be"),
+    ],
+)
+def test_the_environment_is_checked_before_any_request(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    expected: str,
+) -> None:
+    """A blank key, a base URL that is not a URL or a bad poll interval exits 4 at once."""
+    code, _, err = run_main(capsys, monkeypatch, "status", "t1", **env)
+    assert code == EXIT_CONFIG
+    assert expected in err
+    assert "api_key=" not in err  # shell users are not told about Python arguments
+
+
+def test_version_and_help(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--version prints the version; --help lists env variables and exit codes in plain text."""
+    code, out, _ = run_main(capsys, monkeypatch, "--version")
+    assert code == EXIT_OK
+    assert re.fullmatch(r"kiemashup \S+\n", out)
+    commands = ("demo", "submit", "status", "wait", "credits", "upload", "download", "batch")
+    for argv in (("--help",), *((command, "--help") for command in commands)):
+        code, out, _ = run_main(capsys, monkeypatch, *argv)
+        assert code == EXIT_OK
+        assert "`" not in out
+        for name, _meaning in ENVIRONMENT:
+            assert name in out
+        for number, meaning in EXIT_CODES:
+            assert f"  {number:<5}{meaning}" in out
+
+
+def test_docs_list_the_same_exit_codes_and_environment() -> None:
+    """docs/cli.md's exit-code and environment tables are EXIT_CODES and ENVIRONMENT."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    codes = re.findall(r"^\| (\d+) \| ", text, re.M)
+    assert [int(c) for c in codes] == [number for number, _ in EXIT_CODES]
+    names = re.findall(r"^\| `(KIE\w+)` \|", text, re.M)
+    assert names == [name for name, _ in ENVIRONMENT]
+
+
+async def test_status_of_an_unknown_task_exits_not_found() -> None:
+    """A task id Kie does not know exits 6, not the 'API or network failed' code."""
+    async with FakeKieServer() as server:
+        env = {"KIE_API_KEY": "k", "KIE_BASE_URL": server.url}
+        for command in ("status", "wait"):
+            code, _out, err = await run_cli(command, "no-such-task", env=env)
+            assert code == EXIT_NOT_FOUND
+            assert "404" in err
+
+
+async def test_wait_timeout_exits_7_and_says_the_task_goes_on() -> None:
+    """wait --timeout gives up with exit 7, naming the task; with --json the error is JSON."""
+    async with FakeKieServer() as server:
+        server.script(Timeline.success(text=0.01, first=60, complete=90))
+        env = {"KIE_API_KEY": "k", "KIE_BASE_URL": server.url, "KIEMASHUP_POLL_INITIAL": "0.05"}
+        task_id = await _create(server.url)
+        code, out, err = await run_cli("wait", task_id, "--timeout", "1", "--json", env=env)
+    assert code == EXIT_TIMEOUT
+    assert json.loads(out)["error"] == "Timeout"
+    assert f"task {task_id} has not reached complete after 1 s" in err
+    assert f"kiemashup wait {task_id}" in err
+    assert "text" in err  # the plain stage lines showed how far it got
+
+
+async def test_wait_against_an_unreachable_host_fails_instead_of_waiting() -> None:
+    """wait against a host nobody listens on exits 3 after its retries, not after --timeout."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {"KIE_API_KEY": "k", "KIE_BASE_URL": f"http://127.0.0.1:{port}"}
+    code, _out, err = await run_cli("wait", "t1", "--timeout", "600", env=env)
+    assert code == EXIT_API
+    assert "TransportError" in err

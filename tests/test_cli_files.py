@@ -104,10 +104,13 @@ async def test_submit_without_wait_prints_the_task_id(fake_server: FakeKieServer
 async def test_submit_validates_before_uploading(
     fake_server: FakeKieServer, tmp_path: Path
 ) -> None:
-    """An invalid request exits 2 before any upload or submit."""
+    """An invalid request exits 2 before any upload or submit, naming every problem by flag."""
     code, _, err = await run_cli(fake_server, "submit", str(song(tmp_path)), URL_B, "--custom")
     assert code == EXIT_USAGE
-    assert "RequestValidationError" in err
+    lines = err.splitlines()
+    assert lines[0] == "kiemashup: invalid request (3 problems):"
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["--style", "--title", "--prompt"]
+    assert "Traceback" not in err
     assert fake_server.count("upload") == 0
     assert fake_server.count("submit") == 0
 

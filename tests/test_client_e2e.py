@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import warnings
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import pytest_asyncio
+from conftest import TEST_API_KEY
 
 from kiemashup import (
     AuthenticationError,
@@ -26,6 +28,37 @@ from kiemashup import (
 from kiemashup.testing import FakeKieServer, Fault, Timeline
 
 ClientFactory = Callable[..., MashupClient]
+
+
+#: Tests that read what a task became run against both shapes of the fake (the SDK
+#: must not need the friendly one); the others (rate limits, cancellation) run once.
+BOTH_SHAPES = {
+    "test_submit_wait_first_then_complete",
+    "test_updates_yield_each_stage_once_in_order",
+    "test_failure_status_raises_task_failed",
+    "test_failure_after_text_ends_updates_with_task_failed",
+    "test_callback_exception_with_all_tracks_keeps_them",
+    "test_unknown_status_is_kept_as_string",
+    "test_task_reattaches_without_io_then_waits",
+    "test_get_task_is_one_record_info_call",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the BOTH_SHAPES tests once per fake-server shape."""
+    if metafunc.function.__name__ in BOTH_SHAPES:
+        metafunc.parametrize("fake_server", ["friendly", "least-friendly"], indirect=True)
+
+
+@pytest_asyncio.fixture
+async def fake_server(request: pytest.FixtureRequest) -> AsyncIterator[FakeKieServer]:
+    """The conftest fake server, in the shape the test asks for (friendly by default)."""
+    shape = getattr(request, "param", "friendly")
+    async with FakeKieServer(
+        api_key=TEST_API_KEY, default_timeline=Timeline.success(), shape=shape
+    ) as server:
+        yield server
+
 
 #: Slow enough that polls every 0.34 s (Kie's per-task limit) see each stage once.
 STAGED = Timeline.success(text=0.15, first=0.5, complete=0.85)

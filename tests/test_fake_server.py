@@ -473,9 +473,45 @@ async def test_invalid_submit_gets_body_code_422_and_creates_nothing(
     status, reply = await call(http, server, "POST", SUBMIT, json=payload(prompt=None, style="x"))
     assert (status, reply["code"], reply["data"]) == (200, 422, None)
     assert reply["msg"] == "prompt: required; style: only allowed in custom mode"
-    status, reply = await call(http, server, "POST", SUBMIT, data=b"{not json")
+    json_auth = {**AUTH, "Content-Type": "application/json"}
+    status, reply = await call(http, server, "POST", SUBMIT, data=b"{not json", headers=json_auth)
     assert (status, reply["code"]) == (200, 422)
     assert (server.creations, server.credits) == (0, 1000)
+
+
+async def test_a_body_not_sent_as_json_is_refused_as_kie_does(
+    http: aiohttp.ClientSession, server: FakeKieServer
+) -> None:
+    """A valid body sent without Content-Type: application/json gets code 401 and no task."""
+    body = json.dumps(payload()).encode()
+    form = {**AUTH, "Content-Type": "application/x-www-form-urlencoded"}
+    for headers in (AUTH, form, {**AUTH, "Content-Type": "text/plain"}):
+        status, reply = await call(http, server, "POST", SUBMIT, data=body, headers=headers)
+        assert (status, reply["code"]) == (200, 401)
+    json_auth = {**AUTH, "Content-Type": "application/json; charset=utf-8"}
+    status, reply = await call(http, server, "POST", SUBMIT, data=body, headers=json_auth)
+    assert reply["code"] == 200
+    assert server.creations == 1
+
+
+def test_non_custom_mode_accepts_empty_style_and_title() -> None:
+    """Non-custom mode accepts style and title left empty ("" or null), as Kie's docs say."""
+    assert payload_problems(payload(style="", title="")) == []
+    assert payload_problems(payload(style=None, title=None)) == []  # None deletes the keys
+    body = payload()
+    body.update(style=None, title=None, vocalGender="")
+    assert payload_problems(body) == []
+    assert payload_problems(payload(style="Jazz")) == ["style: only allowed in custom mode"]
+
+
+async def test_a_non_custom_body_with_empty_style_and_title_completes(
+    http: aiohttp.ClientSession, server: FakeKieServer, clock: Clock
+) -> None:
+    """The body a third-party client sends in non-custom mode creates a task that completes."""
+    task_id = await submit(http, server, payload(style="", title=""))
+    clock.now += 10
+    _, reply = await call(http, server, "GET", RECORD, params={"taskId": task_id})
+    assert reply["data"]["status"] == "SUCCESS"
 
 
 # -- rate limits and credits ---------------------------------------------------
@@ -767,3 +803,99 @@ async def test_close_is_clean_with_idle_keep_alive_connections() -> None:
         await server.close()  # idempotent
         with pytest.raises(aiohttp.ClientConnectionError):
             await call(http, server, "GET", CREDIT)
+
+
+# --- the least-friendly shape -----------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def sparse(clock: Clock) -> AsyncIterator[FakeKieServer]:
+    async with FakeKieServer(clock=clock, shape="least-friendly") as fake:
+        yield fake
+
+
+async def poll_data(http: aiohttp.ClientSession, server: FakeKieServer, task_id: str) -> Any:
+    """The ``data`` of one record-info reply."""
+    _, reply = await call(http, server, "GET", RECORD, params={"taskId": task_id})
+    return reply["data"]
+
+
+async def test_least_friendly_shape_takes_each_inconvenient_documented_choice(
+    http: aiohttp.ClientSession, sparse: FakeKieServer, clock: Clock
+) -> None:
+    """PENDING has response null, TEXT has sunoData [], unfinished tracks have duration null."""
+    sparse.script(Timeline.success(text=1.0, first=2.0, complete=3.0))
+    task_id = await submit(http, sparse, payload())
+    assert (await poll_data(http, sparse, task_id))["response"] is None
+    clock.advance(1.0)
+    data = await poll_data(http, sparse, task_id)
+    assert (data["status"], data["response"]["sunoData"]) == ("TEXT_SUCCESS", [])
+    clock.advance(1.0)
+    first, second = (await poll_data(http, sparse, task_id))["response"]["sunoData"]
+    assert first["duration"] > 0
+    assert first["audioUrl"]
+    assert first["sourceAudioUrl"]
+    assert (second["duration"], second["audioUrl"], second["sourceAudioUrl"]) == (None, "", "")
+    clock.advance(1.0)
+    tracks = (await poll_data(http, sparse, task_id))["response"]["sunoData"]
+    assert all(t["duration"] and t["sourceAudioUrl"] and t["sourceImageUrl"] for t in tracks)
+    sources = {"sourceAudioUrl", "sourceStreamAudioUrl", "sourceImageUrl"}
+    assert set(tracks[0]) == TRACK_KEYS | sources
+
+
+async def test_least_friendly_failure_has_no_response_and_its_error_callback_says_501(
+    http: aiohttp.ClientSession, sparse: FakeKieServer, clock: Clock
+) -> None:
+    """A failure without tracks has response null; its error callback has code 501 anyway."""
+    sparse.script(Timeline.failure(at=1.0, error_code=400, error_message="copyrighted"))
+    task_id = await submit(http, sparse, payload())
+    clock.advance(1.0)
+    data = await poll_data(http, sparse, task_id)
+    assert (data["status"], data["response"], data["errorCode"]) == (
+        "GENERATE_AUDIO_FAILED",
+        None,
+        400,
+    )
+    error = callback_payload(sparse.tasks[task_id], "error")
+    assert (error["code"], error["msg"], error["data"]["data"]) == (501, "copyrighted", None)
+    complete = callback_payload(sparse.tasks[task_id], "complete")
+    assert all("source_audio_url" in track for track in complete["data"]["data"])
+
+
+async def test_the_friendly_shape_stays_the_default(
+    http: aiohttp.ClientSession, server: FakeKieServer
+) -> None:
+    """By default PENDING has an empty sunoData list and tracks carry no source fields."""
+    task_id = await submit(http, server, payload())
+    assert (await poll_data(http, server, task_id))["response"]["sunoData"] == []
+    assert server.shape == "friendly"
+    with pytest.raises(ValueError, match="shape must be one of"):
+        FakeKieServer(shape="grumpy")
+
+
+# --- /api/v1/common/download-url --------------------------------------------------------------
+
+DOWNLOAD_URL = "/api/v1/common/download-url"
+
+
+async def test_download_url_gives_a_temporary_link_for_generated_files_only(
+    http: aiohttp.ClientSession, server: FakeKieServer, clock: Clock
+) -> None:
+    """download-url answers a working 20-minute link for a track URL, 422 for other URLs."""
+    task_id = await submit(http, server, payload())
+    clock.advance(10)
+    track = (await poll_data(http, server, task_id))["response"]["sunoData"][0]
+    status, reply = await call(http, server, "POST", DOWNLOAD_URL, json={"url": track["audioUrl"]})
+    assert (status, reply["code"]) == (200, 200)
+    link = reply["data"]
+    assert link.startswith(track["audioUrl"] + "?expires=")
+    assert int(link.split("=")[1]) - time.time() == pytest.approx(1200, abs=60)
+    async with http.get(link) as resp:
+        assert resp.status == 200
+        assert (await resp.read())[:3] == b"ID3"
+    for url in ("https://elsewhere.example/a.mp3", 42):
+        status, reply = await call(http, server, "POST", DOWNLOAD_URL, json={"url": url})
+        assert (status, reply["code"]) == (200, 422)
+    status, reply = await call(http, server, "POST", DOWNLOAD_URL, json={"url": link}, headers={})
+    assert reply["code"] == 401
+    assert server.count("download-url") == 4

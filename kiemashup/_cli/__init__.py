@@ -1,53 +1,53 @@
-"""The ``kiemashup`` command line (also ``python -m kiemashup``).
+"""The ``kiemashup`` command line (also ``python -m kiemashup``): parser and entry point.
 
-Commands: demo, status, wait, credits, and (in .files) submit, batch, upload,
-download. Environment: KIE_API_KEY, KIE_BASE_URL, KIE_UPLOAD_BASE_URL,
-KIEMASHUP_POLL_INITIAL (see .common and docs/cli.md).
-
-Exit codes:
-  0  success
-  1  the task failed (TaskFailedError); ``download``: no playable track yet
-  2  bad usage, an invalid request, a bad file to upload, an unusable journal
-  3  the API or the network failed (APIError, TransportError, ProtocolError, DownloadError)
-  4  configuration problem (no API key)
-  5  the submit outcome is unknown (the task may exist; it was not resent)
-  130 interrupted
-``batch`` exits 0 when every item succeeded, else with the most serious item's
-code, in the order 5, 3, 2, 1.
-Errors print one clear line on stderr, never a traceback.
+One module per command group: ``tasks`` (submit, status, wait, credits), ``files``
+(upload, download), ``batch``, ``demo``; ``display`` is the one live terminal
+display they share; ``common`` holds exit codes, the environment, argument types
+and error reporting. Every error prints one clear line (plus one line per detail)
+on stderr, never a traceback; with ``--json`` it is also a JSON object on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, NoReturn
 
+from kiemashup._cli.batch import BATCH_COMMANDS, add_batch_command
 from kiemashup._cli.common import (
+    ENVIRONMENT,
     EXIT_API,
+    EXIT_CODES,
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
     EXIT_OK,
+    EXIT_TIMEOUT,
     EXIT_UNKNOWN,
     EXIT_USAGE,
+    SUBMIT_FLAGS,
+    CliError,
+    UsageError,
+    describe_error,
     exit_code_for,
-    make_client,
+    report,
 )
-from kiemashup._cli.common import print_snapshot as _print_snapshot
+from kiemashup._cli.demo import add_demo_command, demo_cmd
 from kiemashup._cli.files import FILE_COMMANDS, add_file_commands
-from kiemashup._core.errors import KieError, TaskFailedError
-from kiemashup._core.models import Stage, TaskSnapshot
-from kiemashup._core.wire import snapshot_json
+from kiemashup._cli.tasks import TASK_COMMANDS, add_task_commands
+from kiemashup._core.errors import KieError
 
 __all__ = [  # the names tests and users import from here
     "EXIT_API",
     "EXIT_CONFIG",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
+    "EXIT_NOT_FOUND",
     "EXIT_OK",
+    "EXIT_TIMEOUT",
     "EXIT_UNKNOWN",
     "EXIT_USAGE",
     "build_parser",
@@ -56,130 +56,83 @@ __all__ = [  # the names tests and users import from here
     "main",
 ]
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kiemashup", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    demo = sub.add_parser("demo", help="run mashups end to end against an embedded fake Kie API")
-    demo.add_argument("--count", type=_positive_int, default=4, help="how many mashups (default 4)")
-    demo.add_argument("--json", action="store_true", help="print a JSON summary at the end")
-    demo.add_argument(
-        "--time-scale",
-        type=float,
-        default=1.0,
-        help="stretch (>1) or shrink (<1) the fake timelines",
-    )
-    demo.add_argument(
-        "--no-callbacks", action="store_true", help="poll only, without the callback receiver"
-    )
-    demo.add_argument("--out", help="keep the downloaded tracks in this folder")
-
-    for name, help_text in (
-        ("status", "show a task's current state (one poll)"),
-        ("wait", "wait for a task to reach a stage"),
-    ):
-        cmd = sub.add_parser(name, help=help_text)
-        cmd.add_argument("task_id")
-        cmd.add_argument("--json", action="store_true", help="machine-readable output")
-        if name == "wait":
-            cmd.add_argument("--stage", choices=["text", "first", "complete"], default="complete")
-
-    credits = sub.add_parser("credits", help="show the account's remaining credits")
-    credits.add_argument("--json", action="store_true", help="machine-readable output")
-    add_file_commands(sub)
-    return parser
-
-
-async def _status(args: argparse.Namespace) -> int:
-    async with make_client() as client:
-        snapshot = await client.get_task(args.task_id)
-    _emit(args, snapshot)
-    return EXIT_FAILED if snapshot.failed else EXIT_OK
-
-
-async def _wait(args: argparse.Namespace) -> int:
-    async with make_client() as client:
-        snapshot = await client.task(args.task_id).wait(Stage[args.stage.upper()])
-    _emit(args, snapshot)
-    return EXIT_OK
-
-
-async def _credits(args: argparse.Namespace) -> int:
-    async with make_client() as client:
-        remaining = await client.credits()
-    print(json.dumps({"credits": remaining}) if args.json else f"{remaining} credits")
-    return EXIT_OK
-
-
-def _emit(args: argparse.Namespace, snapshot: TaskSnapshot) -> None:
-    if args.json:
-        print(json.dumps(snapshot_json(snapshot)))
-    else:
-        _print_snapshot(snapshot)
-
-
-async def _demo(args: argparse.Namespace) -> int:
-    from kiemashup._cli.demo import run_demo  # loads the testing kit only when asked
-
-    summary = await run_demo(
-        count=args.count,
-        scale=args.time_scale,
-        callbacks=not args.no_callbacks,
-        out_dir=args.out,
-        out=sys.stderr if args.json else sys.stdout,
-    )
-    if args.json:
-        print(json.dumps(summary))
-    return EXIT_OK
-
-
-COMMANDS = {
-    "demo": _demo,
-    "status": _status,
-    "wait": _wait,
-    "credits": _credits,
+Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+COMMANDS: dict[str, Command] = {
+    "demo": demo_cmd,
+    **TASK_COMMANDS,
     **FILE_COMMANDS,
+    **BATCH_COMMANDS,
 }
 
 
-def public_name(exc: BaseException) -> str:
-    """The name of the nearest public error class (internal subclasses stay internal)."""
-    import kiemashup
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose complaints are ``UsageError``s (one line, exit 2, --json)."""
 
-    for cls in type(exc).__mro__:
-        if cls.__name__ in kiemashup.__all__:
-            return cls.__name__
-    return type(exc).__name__
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, (f"see: {self.prog} --help",))
+
+
+def _epilog() -> str:
+    env = "\n".join(f"  {name:<24}{meaning}" for name, meaning in ENVIRONMENT)
+    codes = "\n".join(f"  {code:<5}{meaning}" for code, meaning in EXIT_CODES)
+    return (
+        f"environment variables:\n{env}\n\nexit codes:\n{codes}\n\n"
+        "Errors print one line on stderr; with --json, also a JSON object on stdout.\n"
+        "Try it offline: kiemashup demo (or: python -m kiemashup.testing serve)."
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kiemashup")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kiemashup`` argument parser."""
+    parser = _Parser(
+        prog="kiemashup",
+        description="Run Kie.ai Suno mashups from the command line.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"kiemashup {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_demo_command(sub)
+    add_task_commands(sub)
+    add_file_commands(sub)
+    add_batch_command(sub)
+    for command in sub.choices.values():
+        command.epilog = parser.epilog
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+    return parser
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    return "--json" in argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns its exit code (never raises, never prints a traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return report(exc, as_json=_wants_json(argv))
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    as_json = bool(getattr(args, "json", False))
+    flags = SUBMIT_FLAGS if args.command == "submit" else None
     try:
         return asyncio.run(COMMANDS[args.command](args))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("kiemashup: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except TaskFailedError as exc:
-        if getattr(args, "json", False):
-            print(json.dumps(snapshot_json(exc.snapshot)))
-        print(f"kiemashup: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KieError as exc:
-        name = public_name(exc)
-        first_line = str(exc).splitlines()[0] if str(exc) else name
-        print(f"kiemashup: {name}: {first_line}", file=sys.stderr)
-        return exit_code_for(exc)
-    except OSError as exc:  # a local file or folder problem (permissions, disk full)
-        print(f"kiemashup: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except (CliError, KieError, OSError) as exc:
+        return report(describe_error(exc, flags), as_json=as_json, source=exc)
 
 
 def console_main() -> None:

@@ -6,23 +6,30 @@ server on 127.0.0.1, exactly as it would talk to Kie.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from kiemashup._cli.common import EXIT_OK, int_in, plural, seconds_in
+from kiemashup._cli.display import Display
+from kiemashup._cli.tasks import display_state
 from kiemashup._client import MashupClient
-from kiemashup._core.errors import KieError, TaskFailedError
-from kiemashup._core.models import Stage, TaskSnapshot
+from kiemashup._core.errors import TaskFailedError
+from kiemashup._core.models import TaskSnapshot
 from kiemashup._core.policy import PollPolicy
 from kiemashup._core.request import MashupRequest
 from kiemashup._handle import TaskHandle
 from kiemashup._receiver import CallbackReceiver
-from kiemashup.testing import FakeKieServer, Timeline
+
+if TYPE_CHECKING:
+    from kiemashup.testing import Timeline
 
 DEMO_KEY = "demo-key-not-secret"
+MAX_COUNT = 200
 DEMO_WEBHOOK_KEY = "demo-webhook-key-not-secret"
 
 DEMO_REQUESTS = (
@@ -56,6 +63,8 @@ DEMO_REQUESTS = (
 
 def demo_timelines(scale: float) -> list[Timeline]:
     """Staggered timelines so the live display shows stages moving at different paces."""
+    from kiemashup.testing import Timeline  # the testing kit loads only for the demo
+
     return [
         Timeline.success(text=0.6 * scale, first=1.4 * scale, complete=2.2 * scale),
         Timeline.success(text=0.9 * scale, first=1.9 * scale, complete=3.0 * scale),
@@ -64,50 +73,63 @@ def demo_timelines(scale: float) -> list[Timeline]:
     ]
 
 
-class Display:
-    """Shows each task's stage: redrawn in place on a terminal, one line per change otherwise."""
-
-    def __init__(self, out: TextIO, names: list[str]) -> None:
-        self.out = out
-        self.names = names
-        self.rows: dict[int, str] = dict.fromkeys(range(len(names)), "submitting")
-        self.live = out.isatty()
-        self._drawn = 0
-        self.started = time.monotonic()
-
-    def update(self, index: int, text: str) -> None:
-        if self.rows.get(index) == text:
-            return
-        self.rows[index] = text
-        if self.live:
-            self._redraw()
-        else:
-            elapsed = time.monotonic() - self.started
-            self.out.write(f"[{elapsed:5.2f}s] {self.names[index]:<16} {text}\n")
-            self.out.flush()
-
-    def _redraw(self) -> None:
-        if self._drawn:
-            self.out.write(f"\x1b[{self._drawn}F")
-        for i, name in enumerate(self.names):
-            self.out.write(f"\x1b[2K  {name:<16} {self.rows[i]}\n")
-        self._drawn = len(self.names)
-        self.out.flush()
+#: Shown while a mashup waits to be created (above 20 mashups, some must).
+SLOT_NOTE = (
+    "submitting: Kie creates at most 20 tasks per 10 s, so the rest wait for a creation slot."
+)
 
 
-def _stage_text(snapshot: TaskSnapshot) -> str:
-    bar = {Stage.PENDING: "[    ]", Stage.TEXT: "[=   ]", Stage.FIRST: "[==  ]"}
-    mark = bar.get(snapshot.stage, "[====]")
-    return f"{mark} {snapshot.stage.name.lower():<8} {snapshot.status}"
+def add_demo_command(sub: Any) -> None:
+    """Add ``demo`` to the ``kiemashup`` sub-parsers."""
+    demo = sub.add_parser(
+        "demo",
+        help="run mashups end to end against an embedded fake Kie API (no key, no network)",
+    )
+    demo.add_argument(
+        "--count", type=int_in(1, MAX_COUNT), default=4, help="how many mashups (default 4)"
+    )
+    demo.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    demo.add_argument(
+        "--time-scale",
+        type=seconds_in(0.05, 100.0, low_included=True),
+        default=1.0,
+        metavar="X",
+        help="stretch (>1) or shrink (<1) the fake timelines, 0.05..100 (default 1)",
+    )
+    demo.add_argument(
+        "--no-callbacks", action="store_true", help="poll only, without the callback receiver"
+    )
+    demo.add_argument("--out", metavar="DIR", help="keep the downloaded tracks in this folder")
 
 
-async def _follow(handle: TaskHandle, index: int, display: Display) -> TaskSnapshot:
-    display.update(index, f"[    ] pending  task {handle.task_id[:8]}")
-    async for snapshot in handle.updates():
-        display.update(index, _stage_text(snapshot))
+async def demo_cmd(args: argparse.Namespace) -> int:
+    summary = await run_demo(
+        count=args.count,
+        scale=args.time_scale,
+        callbacks=not args.no_callbacks,
+        out_dir=args.out,
+        out=sys.stderr if args.json else sys.stdout,
+    )
+    if args.json:
+        print(json.dumps(summary))
+    return EXIT_OK
+
+
+async def _follow(
+    client: MashupClient, request: MashupRequest, index: int, display: Display
+) -> tuple[TaskHandle, TaskSnapshot | TaskFailedError]:
+    handle = await client.submit(request)
+    task = f"task {handle.task_id[:8]}"
+    display.set(index, "pending", task)
+    try:
+        async for snapshot in handle.updates():
+            display.set(index, display_state(snapshot), task)
+    except TaskFailedError as exc:
+        display.set(index, "failed", str(exc.snapshot.status))
+        return handle, exc
     latest = handle.latest
     assert latest is not None
-    return latest
+    return handle, latest
 
 
 async def run_demo(
@@ -134,6 +156,8 @@ async def run_demo(
 async def _run_demo(
     count: int, scale: float, callbacks: bool, out_dir: Path, out: TextIO
 ) -> dict[str, Any]:
+    from kiemashup.testing import FakeKieServer
+
     requests = [DEMO_REQUESTS[i % len(DEMO_REQUESTS)] for i in range(count)]
     names = [f"mashup {i + 1}" for i in range(count)]
     policy = PollPolicy(
@@ -158,12 +182,17 @@ async def _run_demo(
             out.write(f"Callback receiver on {receiver.url.rsplit('/', 1)[0]}/<secret token>\n")
         else:
             out.write("No callbacks: the client polls alone\n")
-        out.write(f"Submitting {count} mashups concurrently...\n")
-        display = Display(out, names)
-        handles = await asyncio.gather(*(client.submit(r) for r in requests))
-        results = await asyncio.gather(
-            *(_follow(h, i, display) for i, h in enumerate(handles)), return_exceptions=True
+        together = " concurrently" if count > 1 else ""
+        out.write(f"Submitting {plural(count, 'mashup')}{together}...\n")
+        display = Display(
+            out, names, title=plural(count, "mashup"), note=SLOT_NOTE, initial="submitting"
         )
+        async with display:
+            followed = await asyncio.gather(
+                *(_follow(client, r, i, display) for i, r in enumerate(requests))
+            )
+        handles = [handle for handle, _ in followed]
+        results = [result for _, result in followed]
         summary: dict[str, Any] = {"server": server.url, "callbacks": callbacks, "tasks": []}
         out.write("\nResults:\n")
         for name, handle, result in zip(names, handles, results, strict=True):
@@ -172,37 +201,24 @@ async def _run_demo(
             if isinstance(result, TaskFailedError):
                 entry["status"] = str(result.snapshot.status)
                 out.write(f"  {name}: FAILED {result}\n")
-            elif isinstance(result, BaseException):
-                raise result
             else:
                 entry["status"] = str(result.status)
                 entry["tracks"] = [
                     {"id": t.id, "title": t.title, "audio_url": t.audio_url, "duration": t.duration}
                     for t in result.tracks
                 ]
-                out.write(f"  {name} ({handle.task_id[:8]}, {polls} polls):\n")
+                out.write(f"  {name} ({handle.task_id[:8]}, {plural(polls, 'poll')}):\n")
                 for track in result.tracks:
                     path = await client.download(track, out_dir)
                     size = path.stat().st_size
                     entry.setdefault("downloads", []).append({"path": str(path), "bytes": size})
-                    out.write(
-                        f"    - {track.title} [{track.duration}s] -> {path.name} ({size} B)\n"
-                    )
+                    out.write(f"    - {track.title} [{track.duration}s] {size} B\n")
             summary["tasks"].append(entry)
         summary["requests"] = client.requests_sent
         summary["callbacks_received"] = receiver.accepted
         out.write(
-            f"\n{count} mashups, {client.requests_sent} API requests, "
-            f"{receiver.accepted} callbacks in {time.monotonic() - display.started:.1f}s; "
+            f"\n{plural(count, 'mashup')}, {plural(client.requests_sent, 'API request')}, "
+            f"{plural(receiver.accepted, 'callback')} in {display.elapsed:.1f}s; "
             f"tracks downloaded to {out_dir}\n"
         )
     return summary
-
-
-def main(count: int = 4) -> int:
-    try:
-        asyncio.run(run_demo(count=count))
-    except KieError as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
-        return 1
-    return 0

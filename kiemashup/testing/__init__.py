@@ -8,6 +8,10 @@ async with FakeKieServer() as server:
     server.inject(Fault("record-info", "http_503"))
     ...  # point the client at server.url
 ```
+
+Also: ``FakeKieServer(shape="least-friendly")`` for the least convenient replies Kie's
+docs allow; ``python -m kiemashup.testing serve`` to run it as a process; and pytest
+fixtures in ``kiemashup.testing.pytest_plugin`` (docs/testing.md).
 """
 
 from kiemashup.testing._callbacks import CallbackDelivery, CallbackFaults, signed_headers

@@ -27,6 +27,7 @@ from kiemashup.testing._faults import Fault, FaultQueue
 from kiemashup.testing._replies import envelope, fault_response, hang_up, mangle, redact
 from kiemashup.testing._schema import payload_problems
 from kiemashup.testing._task import (
+    SHAPES,
     FakeTask,
     FakeTrack,
     RecordedRequest,
@@ -44,6 +45,18 @@ __all__ = ["FakeKieServer"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 POLLS_PER_SECOND = 3
+#: Paths whose body Kie reads as JSON: anything but ``Content-Type: application/json``
+#: gets Kie's answer to wrong headers, code 401 (KIE-API.md §0).
+_JSON_PATHS = frozenset(
+    {
+        "/api/v1/generate/mashup",
+        "/api/v1/common/download-url",
+        "/api/file-url-upload",
+        "/api/file-base64-upload",
+    }
+)
+#: How long a link from /api/v1/common/download-url stays valid (KIE-API.md §5.3).
+DOWNLOAD_LINK_SECONDS = 20 * 60
 _SHUTDOWN_TIMEOUT = 1.0
 
 
@@ -56,6 +69,11 @@ class FakeKieServer:
     Time is read from ``clock`` (default ``time.monotonic``). Faults come from
     ``inject()``, else from ``fault_for(recorded_request)`` when set (seeded chaos).
     ``restart(down_for=...)`` takes the server down and back on the same port.
+
+    ``api_key=None`` accepts any non-blank Bearer key; a string accepts only itself.
+    ``shape`` chooses how replies fill in what Kie's docs leave open: ``"friendly"``
+    (everything filled in) or ``"least-friendly"`` (see ``_task.SHAPES``), so code
+    that only works with the convenient shape fails in your tests, not in production.
     """
 
     def __init__(
@@ -73,7 +91,11 @@ class FakeKieServer:
         audio_bytes: int = 32768,
         clock: Callable[[], float] | None = None,
         webhook_hmac_key: str | None = None,
+        shape: str = "friendly",
     ) -> None:
+        if shape not in SHAPES:
+            raise ValueError(f"shape must be one of {', '.join(SHAPES)}, got {shape!r}")
+        self.shape = shape
         self.api_key = api_key
         self.host = host
         self.port = port
@@ -234,6 +256,7 @@ class FakeKieServer:
             ("POST", "/api/v1/generate/mashup", "submit", self._submit, True),
             ("GET", "/api/v1/generate/record-info", "record-info", self._record_info, True),
             ("GET", "/api/v1/chat/credit", "credits", self._credits, True),
+            ("POST", "/api/v1/common/download-url", "download-url", self._download_url, True),
             ("GET", "/files/{task_id}/{name}", "audio", self._file, False),
             ("POST", "/api/file-stream-upload", "upload", self.uploads.stream, True),
             ("POST", "/api/file-base64-upload", "upload", self.uploads.base64, True),
@@ -260,6 +283,9 @@ class FakeKieServer:
                 return fault_response(fault, request)
             if auth and not self._authorized(request):
                 return envelope(401)
+            json_path = auth and request.path in _JSON_PATHS
+            if json_path and request.content_type != "application/json":
+                return envelope(401)  # Kie's answer to missing or wrong headers
             response = await handler(request)
             if kind == "drop_after_create":  # the work is done, the reply is lost
                 return hang_up(request)
@@ -321,7 +347,7 @@ class FakeKieServer:
             )
             for index in range(timeline.tracks)
         )
-        task = FakeTask(task_id, payload, now, timeline, tracks)
+        task = FakeTask(task_id, payload, now, timeline, tracks, shape=self.shape)
         self.tasks[task_id] = task
         self._creation_times.append(now)
         self.credits -= self.credits_per_task
@@ -365,6 +391,22 @@ class FakeKieServer:
 
     async def _credits(self, _request: web.Request) -> web.StreamResponse:
         return envelope(200, "success", self.credits)
+
+    async def _download_url(self, request: web.Request) -> web.StreamResponse:
+        """A temporary link for a URL of a generated file; 422 for any other URL."""
+        try:
+            body: object = json.loads(await request.read())
+        except ValueError:
+            return envelope(422, "body: not valid JSON")
+        url = body.get("url") if isinstance(body, dict) else None
+        prefix = f"{self.url}/files/"
+        if not isinstance(url, str) or not url.startswith(prefix):
+            return envelope(422, "url: must be the URL of a file Kie generated")
+        task_id = url[len(prefix) :].split("/", 1)[0]
+        if task_id not in self.tasks:
+            return envelope(404, "file not found")
+        expires = int(time.time()) + DOWNLOAD_LINK_SECONDS
+        return envelope(200, "success", f"{url.split('?', 1)[0]}?expires={expires}")
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         task_id, name = request.match_info["task_id"], request.match_info["name"]

@@ -11,7 +11,15 @@ __all__ = ["ENDPOINTS", "FAULT_KINDS", "Fault", "FaultQueue"]
 
 #: Endpoint names a fault (and ``FakeKieServer.count``) can refer to.
 #: "upload" is any of the three upload endpoints; "file" serves the uploaded files.
-ENDPOINTS: tuple[str, ...] = ("submit", "record-info", "credits", "audio", "upload", "file")
+ENDPOINTS: tuple[str, ...] = (
+    "submit",
+    "record-info",
+    "credits",
+    "audio",
+    "upload",
+    "file",
+    "download-url",
+)
 
 FAULT_KINDS: tuple[str, ...] = (
     "http_500",

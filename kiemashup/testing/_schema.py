@@ -127,7 +127,13 @@ def _check_custom(payload: Mapping[str, object]) -> list[str]:
 
 def _check_non_custom(payload: Mapping[str, object]) -> list[str]:
     problems = _check_text(payload, "prompt", required=True, limit=_NON_CUSTOM_PROMPT_MAX)
-    problems += [f"{key}: only allowed in custom mode" for key in _CUSTOM_ONLY if key in payload]
+    # "In non-custom mode leave it empty" (KIE-API.md 1.1): an empty string or null is
+    # what other clients send for style and title, and Kie accepts it.
+    problems += [
+        f"{key}: only allowed in custom mode"
+        for key in _CUSTOM_ONLY
+        if key in payload and payload[key] not in ("", None)
+    ]
     return problems
 
 

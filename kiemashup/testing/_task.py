@@ -18,6 +18,7 @@ from kiemashup.testing._timeline import PROGRESS_STATUSES, Timeline
 
 __all__ = [
     "CALLBACK_TYPES",
+    "SHAPES",
     "FakeTask",
     "FakeTrack",
     "RecordedRequest",
@@ -30,6 +31,14 @@ __all__ = [
 ]
 
 CALLBACK_TYPES: tuple[str, ...] = ("text", "first", "complete", "error")
+
+#: How the fake renders what Kie's docs leave open. "friendly" (the default) fills
+#: everything in; "least-friendly" takes the least convenient documented choice each
+#: time: ``response: null`` while PENDING (and for a failure without tracks),
+#: ``sunoData: []`` at TEXT_SUCCESS, ``duration: null`` and empty URLs for an
+#: unfinished track, the ``source*`` URL fields present, and error callbacks with
+#: code 501 whatever the task's error code.
+SHAPES: tuple[str, ...] = ("friendly", "least-friendly")
 
 _CALLBACK_MESSAGES = {
     "text": "Text generation completed.",
@@ -73,6 +82,9 @@ class FakeTrack:
     tags: str
     create_time: str
     duration: float
+    source_audio_url: str = ""
+    source_stream_audio_url: str = ""
+    source_image_url: str = ""
 
     @classmethod
     def build(
@@ -100,6 +112,9 @@ class FakeTrack:
             tags=str(payload.get("style") or "mashup"),
             create_time=create_time,
             duration=round(150.0 + 12.34 * index + number % 7, 2),
+            source_audio_url=f"{files}-source.mp3",
+            source_stream_audio_url=f"{files}-source-stream.mp3",
+            source_image_url=f"{files}-source.jpeg",
         )
 
 
@@ -113,6 +128,7 @@ class FakeTask:
     timeline: Timeline
     tracks: tuple[FakeTrack, ...]
     poll_times: list[float] = field(default_factory=list)
+    shape: str = "friendly"  # one of SHAPES
 
     @property
     def audio_ids(self) -> tuple[str, ...]:
@@ -128,8 +144,11 @@ def _is_failed(status: str) -> bool:
     return status not in PROGRESS_STATUSES
 
 
-def _poll_track(track: FakeTrack, *, audio: bool, stream: bool) -> dict[str, object]:
-    return {
+def _poll_track(
+    track: FakeTrack, *, audio: bool, stream: bool, shape: str = "friendly"
+) -> dict[str, object]:
+    sparse = shape == "least-friendly"
+    out: dict[str, object] = {
         "id": track.id,
         "audioUrl": track.audio_url if audio else "",
         "streamAudioUrl": track.stream_audio_url if stream else "",
@@ -139,33 +158,46 @@ def _poll_track(track: FakeTrack, *, audio: bool, stream: bool) -> dict[str, obj
         "title": track.title,
         "tags": track.tags,
         "createTime": track.create_time,
-        "duration": track.duration,
+        "duration": track.duration if audio or not sparse else None,
     }
+    if sparse:
+        out["sourceAudioUrl"] = track.source_audio_url if audio else ""
+        out["sourceStreamAudioUrl"] = track.source_stream_audio_url if stream else ""
+        out["sourceImageUrl"] = track.source_image_url
+    return out
 
 
 def _suno_data(task: FakeTask, status: str) -> list[dict[str, object]]:
-    tracks = task.tracks
+    tracks, shape = task.tracks, task.shape
     if status == "PENDING":
         return []
     if status == "TEXT_SUCCESS":
+        if shape == "least-friendly":
+            return []
         return [_poll_track(t, audio=False, stream=False) for t in tracks]
     if status == "FIRST_SUCCESS":
         # Documented quirk: only the first track is finished; the rest stream at most.
-        return [_poll_track(t, audio=i == 0, stream=True) for i, t in enumerate(tracks)]
+        return [
+            _poll_track(t, audio=i == 0, stream=True, shape=shape) for i, t in enumerate(tracks)
+        ]
     if status == "SUCCESS":
-        return [_poll_track(t, audio=True, stream=True) for t in tracks]
+        return [_poll_track(t, audio=True, stream=True, shape=shape) for t in tracks]
     finished = tracks[: task.timeline.tracks_at_terminal]
-    return [_poll_track(t, audio=True, stream=True) for t in finished]
+    return [_poll_track(t, audio=True, stream=True, shape=shape) for t in finished]
 
 
 def record_info_data(task: FakeTask, status: str) -> dict[str, object]:
     """The ``data`` of a record-info reply for ``task`` in ``status``."""
     failed = _is_failed(status)
+    tracks = _suno_data(task, status)
+    response: dict[str, object] | None = {"taskId": task.task_id, "sunoData": tracks}
+    if task.shape == "least-friendly" and not tracks and status != "TEXT_SUCCESS":
+        response = None  # PENDING, or a failure without tracks
     return {
         "taskId": task.task_id,
         "parentMusicId": "",
         "param": json.dumps(task.payload),
-        "response": {"taskId": task.task_id, "sunoData": _suno_data(task, status)},
+        "response": response,
         "status": status,
         "type": "GENERATE",
         "operationType": "generate",
@@ -174,8 +206,8 @@ def record_info_data(task: FakeTask, status: str) -> dict[str, object]:
     }
 
 
-def _callback_track(track: FakeTrack) -> dict[str, object]:
-    return {
+def _callback_track(track: FakeTrack, shape: str = "friendly") -> dict[str, object]:
+    out: dict[str, object] = {
         "id": track.id,
         "audio_url": track.audio_url,
         "stream_audio_url": track.stream_audio_url,
@@ -187,6 +219,11 @@ def _callback_track(track: FakeTrack) -> dict[str, object]:
         "createTime": track.create_time,
         "duration": track.duration,
     }
+    if shape == "least-friendly":
+        out["source_audio_url"] = track.source_audio_url
+        out["source_stream_audio_url"] = track.source_stream_audio_url
+        out["source_image_url"] = track.source_image_url
+    return out
 
 
 def callback_payload(task: FakeTask, callback_type: str) -> dict[str, Any]:
@@ -194,18 +231,19 @@ def callback_payload(task: FakeTask, callback_type: str) -> dict[str, Any]:
 
     ``callback_type`` is ``"text"`` (no tracks), ``"first"`` (the first track),
     ``"complete"`` (every track) or ``"error"`` (``data.data`` is null; code and
-    message from the task's timeline, default 501).
+    message from the task's timeline, default 501; always 501 in the
+    least-friendly shape).
     """
     if callback_type not in CALLBACK_TYPES:
         raise ValueError(f"callback_type must be one of {CALLBACK_TYPES}, got {callback_type!r}")
     if callback_type == "error":
-        code = task.timeline.error_code or 501
+        code = 501 if task.shape == "least-friendly" else task.timeline.error_code or 501
         msg = task.timeline.error_message or "Audio generation failed"
         tracks: list[dict[str, object]] | None = None
     else:
         code, msg = 200, _CALLBACK_MESSAGES[callback_type]
         chosen = {"text": (), "first": task.tracks[:1], "complete": task.tracks}[callback_type]
-        tracks = [_callback_track(track) for track in chosen]
+        tracks = [_callback_track(track, task.shape) for track in chosen]
     return {
         "code": code,
         "msg": msg,
