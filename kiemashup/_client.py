@@ -97,11 +97,7 @@ class MashupClient:
             timeouts=self.timeouts,
             rand=rand,
         )
-        self._files = FileTransfer(
-            self._transport,
-            upload_base_url=self.upload_base_url,
-            timeouts=self.timeouts,
-        )
+        self._files = FileTransfer(self._transport, upload_base_url=self.upload_base_url)
         self._scheduler = PollScheduler(
             self._fetch,
             self.poll_policy,
