@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -87,18 +88,29 @@ RETRYABLE_READ = (
 Retryable = tuple[type[Exception], ...] | Callable[[Exception], bool]
 
 
+def new_submit_key() -> str:
+    """A fresh per-submit key (96 random bits, URL-safe): it names one submit."""
+    return secrets.token_urlsafe(12)
+
+
 @attrs.frozen
 class OrphanedSubmit:
     """A submit whose caller was cancelled after its POST left; the exchange was finished.
 
-    ``task_id`` is the task it created, or None with ``error`` (``SubmitOutcomeUnknown``)
-    when the reply did not say. Read them back from ``MashupClient.orphans``.
+    ``task_id`` is the task it created; otherwise ``error`` says what came back:
+    ``SubmitOutcomeUnknown`` (the task may exist), or an error that proves nothing was
+    created. ``MashupClient.orphans`` keeps those with a task id or an unknown outcome.
     """
 
     request: object
     key: str | None
     task_id: str | None
-    error: SubmitOutcomeUnknown | None = None
+    error: Exception | None = None
+
+    @property
+    def maybe_created(self) -> bool:
+        """True unless the reply proved that no task was created."""
+        return self.task_id is not None or isinstance(self.error, SubmitOutcomeUnknown)
 
 
 OnOrphan = Callable[[OrphanedSubmit], None]
@@ -388,14 +400,15 @@ class Transport:
             error = done.exception()
             if error is None:
                 orphan = OrphanedSubmit(request, key, done.result())
-            elif isinstance(error, SubmitOutcomeUnknown):
+            elif isinstance(error, Exception):
                 orphan = OrphanedSubmit(request, key, None, error)
             else:
-                return  # certainly not created: nothing to keep
-            log.warning(
-                "a submit finished after its caller was cancelled: %s",
-                f"task {orphan.task_id}" if orphan.task_id else f"outcome unknown (key {key})",
-            )
+                return
+            if orphan.maybe_created:
+                log.warning(
+                    "a submit finished after its caller was cancelled: %s",
+                    f"task {orphan.task_id}" if orphan.task_id else f"outcome unknown (key {key})",
+                )
             if on_orphan is not None:
                 on_orphan(orphan)
 

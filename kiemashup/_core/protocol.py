@@ -197,6 +197,32 @@ def parse_record_info(data: Any, *, task_id: str | None = None) -> TaskSnapshot:
     )
 
 
+def record_info_callback_url(data: Any) -> str | None:
+    """The ``callBackUrl`` a task was submitted with, from record-info's ``param``.
+
+    ``param`` is the request echoed as a JSON *string* (KIE-API.md §2); an object is
+    accepted too. None when it is absent or unreadable.
+    """
+    param = data.get("param") if isinstance(data, dict) else None
+    if isinstance(param, str):
+        try:
+            param = json.loads(param)
+        except (ValueError, RecursionError):
+            return None
+    url = param.get("callBackUrl") if isinstance(param, dict) else None
+    return url if isinstance(url, str) else None
+
+
+def callback_url_key(url: str | None) -> str | None:
+    """The per-submit key a keyed ``callBackUrl`` ends with (``.../<token>/<key>``), or None."""
+    if not url:
+        return None
+    path = url.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    parts = path.split("/")
+    # scheme, "", host, token, key: a keyed URL has at least two path segments.
+    return parts[-1] if len(parts) >= 5 and parts[-1] else None
+
+
 def parse_upload_reply(
     http_status: int, body: bytes, *, retry_after: str | None = None, now: float = 0.0
 ) -> str:
