@@ -7,11 +7,15 @@ variables as documented there and in docs/cli.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import json
 import os
 import sys
+import tempfile
 from typing import Any, TextIO
+
+import attrs
 
 from kiemashup._batch import BatchItem
 from kiemashup._cli.common import (
@@ -25,7 +29,13 @@ from kiemashup._cli.common import (
     print_snapshot,
 )
 from kiemashup._client import MashupClient
-from kiemashup._core.errors import RequestValidationError, SubmitOutcomeUnknown, TaskFailedError
+from kiemashup._core.errors import (
+    KieError,
+    RequestValidationError,
+    SubmitOutcomeUnknown,
+    TaskFailedError,
+)
+from kiemashup._core.filenames import track_file_name
 from kiemashup._core.models import Stage, TaskSnapshot
 from kiemashup._core.request import MashupRequest, is_http_url
 from kiemashup._core.wire import snapshot_json
@@ -96,8 +106,28 @@ def _request(args: argparse.Namespace, urls: tuple[str, str]) -> MashupRequest:
 
 
 async def _save_tracks(client: MashupClient, snapshot: TaskSnapshot, folder: str) -> list[str]:
+    """Save the playable tracks in ``folder``; a track saved before (a rerun) is not fetched."""
     folder = os.path.join(folder, "")  # a trailing separator: always a folder, created if missing
-    return [str(await client.download(t, folder)) for t in snapshot.playable_tracks]
+    files = []
+    for track in snapshot.playable_tracks:
+        assert track.audio_url is not None
+        saved = os.path.join(folder, track_file_name(track.title, track.id, track.audio_url))
+        # Downloads never leave partial files under the final name: one there is complete.
+        if not await asyncio.to_thread(os.path.isfile, saved):
+            saved = str(await client.download(track, folder))
+        files.append(saved)
+    return files
+
+
+def _usable_folder(folder: str) -> str | None:
+    """Why ``folder`` cannot take downloads (checked before anything is paid for), or None."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return f"--out {folder}: {exc.strerror or exc}"
+    return None
 
 
 async def submit_cmd(args: argparse.Namespace) -> int:
@@ -248,6 +278,10 @@ async def batch_cmd(args: argparse.Namespace) -> int:
     except (BatchFileError, OSError) as exc:
         print(f"kiemashup: {exc}".splitlines()[0], file=sys.stderr)
         return EXIT_USAGE
+    unusable = _usable_folder(args.out) if args.out else None
+    if unusable is not None:
+        print(f"kiemashup: {unusable}", file=sys.stderr)
+        return EXIT_USAGE
     display = BatchDisplay(len(requests), sys.stderr)
     rows: list[dict[str, Any]] = []
     async with make_client() as client:
@@ -263,7 +297,10 @@ async def batch_cmd(args: argparse.Namespace) -> int:
             async for item in batch:
                 files = []
                 if args.out and item.ok and item.snapshot is not None:
-                    files = await _save_tracks(client, item.snapshot, args.out)
+                    try:
+                        files = await _save_tracks(client, item.snapshot, args.out)
+                    except KieError as exc:  # a failed download is this item's result
+                        item = attrs.evolve(item, error=exc)
                 display.finished(item, files)
                 rows.append(_row(item, files))
         finally:
