@@ -62,6 +62,9 @@ EVENTS = frozenset(
     {"intent", "unsent", "submitted", "stage", "done", "failed", "unknown", "rejected", "error"}
 )
 _HEADER_LINE = json.dumps(HEADER, separators=(",", ":")).encode()
+# The two system calls a record needs; module-level so tests can slow them or make them fail.
+_os_write = os.write
+_fsync = os.fsync
 ItemKey = tuple[str, int]  # (fingerprint, occurrence)
 
 
@@ -271,8 +274,8 @@ class Journal:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+                view = view[_os_write(fd, view) :]
+            _fsync(fd)
         except OSError:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, start)
