@@ -93,7 +93,7 @@ class CallbackReceiver:
         self.replayed = 0  # signed deliveries seen before: answered 200, handed to nobody
         self.app = web.Application(client_max_size=max_body)
         self.app.router.add_post(f"/{self._token}", self._handle)
-        self.app.router.add_post(f"/{self._token}/{{key:[A-Za-z0-9_-]{{1,64}}}}", self._keyed)
+        self.app.router.add_post(f"/{self._token}/{{key:k[A-Za-z0-9_-]{{16}}}}", self._keyed)
         # Reliability: a wrong path token (or method) is a forgery too; count it in
         # ``rejected`` so that every refused delivery is accounted for (still a 404).
         self.app.router.add_route("*", "/{tail:.*}", self._not_found)
@@ -124,8 +124,9 @@ class CallbackReceiver:
 
     # --- per-submit keys (money safety: recovering a submit of unknown outcome) ---------------
     # A submit's callBackUrl may be ``url_with_key(key)``: the same endpoint with the
-    # submit's key as one more path segment. Deliveries there are handled exactly like
-    # those to ``url``; while listeners run, ``current_key`` names the key.
+    # submit's key (``k`` + 16 URL-safe characters) as one more path segment; any other
+    # longer path is still a 404. Deliveries there are handled exactly like those to
+    # ``url``; while listeners run, ``current_key`` names the key.
 
     def url_with_key(self, key: str) -> str:
         """``url`` plus ``/<key>``: the ``callBackUrl`` of one submit (``key`` is URL-safe)."""

@@ -89,8 +89,11 @@ Retryable = tuple[type[Exception], ...] | Callable[[Exception], bool]
 
 
 def new_submit_key() -> str:
-    """A fresh per-submit key (96 random bits, URL-safe): it names one submit."""
-    return secrets.token_urlsafe(12)
+    """A fresh per-submit key: "k" and 96 random bits, URL-safe (17 characters).
+
+    The receiver serves ``<url>/<key>`` for keys of exactly this shape (``KEY_PATTERN``).
+    """
+    return "k" + secrets.token_urlsafe(12)
 
 
 @attrs.frozen
