@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_asyncio
 from conftest import FAST_POLL, FAST_RETRY, TEST_API_KEY
 
