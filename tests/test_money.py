@@ -24,17 +24,26 @@ from conftest import FAST_POLL, FAST_RETRY, TEST_API_KEY
 
 import kiemashup._journal as journal_module
 from kiemashup import (
+    APIError,
+    AuthenticationError,
     BatchItem,
     CallbackReceiver,
+    ClientClosedError,
+    InsufficientCreditsError,
     JournalError,
     MashupClient,
     MashupRequest,
+    ProtocolError,
+    RateLimitError,
     RateLimits,
     RequestValidationError,
     ServerError,
+    ServiceUnavailableError,
     SubmitOutcomeUnknown,
     Timeouts,
+    TransportError,
 )
+from kiemashup._core.protocol import certainly_not_created
 from kiemashup._journal import Journal, fingerprint
 from kiemashup.testing import FakeKieServer, Fault, Timeline, callback_payload, signed_headers
 
@@ -123,6 +132,30 @@ async def gateway(server: FakeKieServer) -> AsyncIterator[str]:
 
 
 # --- 1. what counts as created ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "not_created"),
+    [
+        (RateLimitError(429, "slow", http_status=429), True),
+        (ServiceUnavailableError(455, "maintenance"), True),
+        (AuthenticationError(401, "bad key"), True),
+        (InsufficientCreditsError(402, "no credits"), True),
+        (APIError(422, "bad field"), True),
+        (TransportError("refused", sent=False), True),
+        (ClientClosedError("closed"), True),
+        (TransportError("timed out", sent=True), False),
+        (ServerError(504, "gateway", http_status=504), False),
+        (ServerError(500, "body code", http_status=200), False),
+        (APIError(422, "4xx code in a 5xx", http_status=502), False),
+        (APIError(302, "odd code"), False),
+        (ProtocolError("unreadable 2xx"), False),
+        (RuntimeError("anything else"), False),
+    ],
+)
+def test_one_rule_says_what_counts_as_created(error: Exception, not_created: bool) -> None:
+    """Only 429, 455, a 4xx refusal or a connection never opened prove nothing was created."""
+    assert certainly_not_created(error) is not_created
 
 
 async def test_gateway_504_after_creation_is_unknown_and_a_rerun_pays_nothing(
@@ -433,10 +466,11 @@ async def test_break_after_one_item_stops_all_submitting(
         await asyncio.sleep(1.5)  # two more windows: 4 more submits if anything kept going
         assert server.creations == at_break <= 2
         assert server.count("submit") == at_break
-        # The journal was closed (its lock released) and knows every task created.
-        items = await collect(client.run_batch([], journal=journal))
-    assert items == []
-    assert set(server.tasks) <= journal_tasks(journal)
+        assert set(server.tasks) <= journal_tasks(journal)
+        # The journal was closed (its lock released); the rerun finds no unknown item.
+        items = await collect(client.run_batch(map(item_request, range(10)), journal=journal))
+    assert all(item.ok for item in items)
+    assert server.creations == 10
 
 
 # --- 3. unknowns recovered --------------------------------------------------------------------
