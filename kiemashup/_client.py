@@ -146,6 +146,10 @@ class MashupClient:
             self._unsubscribe()
         await self._scheduler.aclose()
         self._fail_all(ClientClosedError("the client was closed"))
+        for waiters in self._key_waiters.values():  # recover() calls still waiting
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(ClientClosedError("the client was closed"))
         await self._transport.aclose()
 
     def _fail_all(self, error: BaseException) -> None:
@@ -306,6 +310,7 @@ class MashupClient:
             for task_id in self._keys.get(key, ()):
                 if task_id not in tried:
                     return task_id
+            self._check_open()
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._key_waiters.setdefault(key, []).append(waiter)
             try:

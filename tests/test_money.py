@@ -559,3 +559,19 @@ async def test_batch_recovers_unknown_items_in_the_run_and_across_reruns(
         items = await collect(client.run_batch([item_request(0), item_request(1)], journal=journal))
     assert all(i.ok for i in items)
     assert server.creations == 2
+
+
+async def test_closing_the_client_ends_a_pending_recover(
+    server: FakeKieServer, receiver: CallbackReceiver
+) -> None:
+    """recover() waiting for a callback that never comes ends with ClientClosedError on aclose."""
+    server.inject(Fault("submit", "http_500"))  # nothing created: no callback will come
+    client = make(server.url, receiver=receiver)
+    with pytest.raises(SubmitOutcomeUnknown) as info:
+        await client.submit(item_request(0))
+    recovering = asyncio.create_task(client.recover(info.value))
+    await asyncio.sleep(0.05)
+    await client.aclose()
+    with pytest.raises(ClientClosedError):
+        async with asyncio.timeout(5):
+            await recovering
