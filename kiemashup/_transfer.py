@@ -367,7 +367,7 @@ def _form(value: object, name: str, upload_path: str, head: bytes) -> Multipart:
         file_field="file",
         file=value,
         file_name=name,
-        content_type=mime_type(head, name),
+        content_type=mime_type(head),
     )
 
 

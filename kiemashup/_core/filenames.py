@@ -78,7 +78,7 @@ def extension_of(name: str) -> str:
     return base[dot:].lower() if dot > 0 else ""
 
 
-def mime_type(head: bytes, name: str | None = None) -> str:
+def mime_type(head: bytes) -> str:
     """The MIME type to declare for an upload."""
     kind = sniff_audio(head)
     if kind is not None:
