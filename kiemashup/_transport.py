@@ -256,15 +256,11 @@ class Transport:
             await self._session.close()
         self._session = None
 
-    @contextlib.asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        """The client's caps for one request: its rate slot and a place in flight."""
+    async def _wait_turn(self) -> None:
+        """The client's request-rate cap: wait for this request's slot."""
         delay = self._gate.reserve()
         if delay > 0:
             await self._sleep(delay)
-        async with self._in_flight:
-            self.requests_sent += 1
-            yield
 
     async def send(
         self,
@@ -282,7 +278,9 @@ class Transport:
         time limit (big transfers) but keeps the connect and per-read ones.
         """
         session = self.session
-        async with self._slot():
+        await self._wait_turn()
+        async with self._in_flight:
+            self.requests_sent += 1
             try:
                 async with session.request(
                     method,
@@ -303,7 +301,9 @@ class Transport:
         """GET a public URL without the API key, under the client's caps; stream its body."""
         session = self.session
         what = f"GET {url.split('?')[0]}"
-        async with self._slot():
+        await self._wait_turn()
+        async with self._in_flight:
+            self.requests_sent += 1
             try:
                 async with session.get(
                     url, headers=self._anon_headers, timeout=self._long_timeout
