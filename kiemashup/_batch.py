@@ -63,6 +63,7 @@ class BatchClient(Protocol):
         key: str | None = None,
         before_send: Callable[[], Awaitable[None]] | None = None,
         on_orphan: OnOrphan | None = None,
+        on_sent: Callable[[asyncio.Future[str]], None] | None = None,
     ) -> TaskHandle: ...
 
     async def recover(self, error: SubmitOutcomeUnknown) -> TaskHandle: ...
@@ -187,16 +188,20 @@ class _Run:
 
     async def _submit(self, work: _Work) -> BatchItem:
         key = new_submit_key()
-        posted = False
+        exchange: asyncio.Future[str] | None = None  # the last POST sent, if any
+        orphan_seen = False
 
         async def before_send() -> None:
-            nonlocal posted
-            posted = False
             await self._log(work, "intent", key=key)
-            posted = True  # the POST leaves right after this returns
+
+        def sent(future: asyncio.Future[str]) -> None:
+            nonlocal exchange
+            exchange = future
 
         def orphaned(orphan: OrphanedSubmit) -> None:
             # The batch was cancelled after the POST left; the exchange was finished.
+            nonlocal orphan_seen
+            orphan_seen = True
             if orphan.task_id is not None:
                 self._log_soon(work, "submitted", task=orphan.task_id, key=key)
             elif isinstance(orphan.error, SubmitOutcomeUnknown):
@@ -206,7 +211,7 @@ class _Run:
 
         try:
             handle = await self.client.submit_tracked(
-                work.request, key=key, before_send=before_send, on_orphan=orphaned
+                work.request, key=key, before_send=before_send, on_orphan=orphaned, on_sent=sent
             )
         except SubmitOutcomeUnknown as exc:
             await self._log(work, "unknown", key=key, reason=exc.reason)
@@ -218,9 +223,12 @@ class _Run:
             self._note(work.index, "error")
             return BatchItem(work.index, work.request, None, error=exc)
         except asyncio.CancelledError:
+            # Not sent now, and any earlier attempt was refused (429/455): nothing was
+            # created. A POST still in flight (a second cancellation) is left as intent.
             entry = self.journal.entry(work.item) if self.journal is not None else None
-            if not posted and entry is not None and entry.event == "intent":
-                self._log_soon(work, "unsent")  # the intent was written, the POST never left
+            in_flight = exchange is not None and not exchange.done()
+            if not (orphan_seen or in_flight) and entry is not None and entry.event == "intent":
+                self._log_soon(work, "unsent")
             raise
         await self._log(work, "submitted", task=handle.task_id, key=key)
         self._note(work.index, "submitted")

@@ -237,10 +237,12 @@ class MashupClient:
         key: str | None = None,
         before_send: Callable[[], Awaitable[None]] | None = None,
         on_orphan: OnOrphan | None = None,
+        on_sent: Callable[[asyncio.Future[str]], None] | None = None,
     ) -> TaskHandle:
         """``submit()`` with hooks (used by ``run_batch``): the submit ``key`` to use,
         ``before_send()`` awaited once the creation slot is held and just before the POST
-        leaves, and ``on_orphan(orphan)`` when the caller was cancelled after it left.
+        leaves, ``on_sent(exchange)`` as it leaves (the future is done once its reply is
+        handled), and ``on_orphan(orphan)`` when the caller was cancelled after it left.
         """
         self._check_open()
         if not isinstance(request, MashupRequest):
@@ -257,7 +259,13 @@ class MashupClient:
                 on_orphan(orphan)
 
         task_id = await self._transport.submit(
-            SUBMIT_PATH, payload, request, key=key, before_send=before_send, on_orphan=orphaned
+            SUBMIT_PATH,
+            payload,
+            request,
+            key=key,
+            before_send=before_send,
+            on_orphan=orphaned,
+            on_sent=on_sent,
         )
         state = self._state(task_id)
         state.offer(make_snapshot(task_id, "PENDING", source="submit"))

@@ -388,12 +388,14 @@ class Transport:
         key: str | None = None,
         before_send: Callable[[], Awaitable[None]] | None = None,
         on_orphan: OnOrphan | None = None,
+        on_sent: Callable[[asyncio.Future[str]], None] | None = None,
     ) -> str:
         """POST a creation; the task id. Retried only when the server certainly created nothing.
 
         Each attempt waits for a creation slot, then awaits ``before_send()`` (the batch
-        journals its intent there), then sends. From then on the exchange is finished
-        even if the caller is cancelled; its outcome goes to ``on_orphan``.
+        journals its intent there), then sends; ``on_sent(exchange)`` sees the exchange
+        (done when its reply is handled). From then on the exchange is finished even if
+        the caller is cancelled; its outcome goes to ``on_orphan``.
         """
         url = self.base_url + path
 
@@ -424,6 +426,8 @@ class Transport:
                     self._submit_window.release(slot)  # nothing was sent
                     raise
             exchange = asyncio.ensure_future(self._submit_once(url, payload, request, key))
+            if on_sent is not None:
+                on_sent(exchange)
             return await finish_exchange(exchange, report)
 
         return await self.retrying(attempt, submit_may_retry, what=f"POST {path}")

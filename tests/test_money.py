@@ -575,3 +575,36 @@ async def test_closing_the_client_ends_a_pending_recover(
     with pytest.raises(ClientClosedError):
         async with asyncio.timeout(5):
             await recovering
+
+
+async def test_batch_cancelled_while_a_refused_submit_waits_to_retry_is_not_unknown(
+    server: FakeKieServer, tmp_path: Path
+) -> None:
+    """Cancelled in the backoff after a 429: journaled `unsent`, so the rerun just submits it."""
+    from kiemashup import RetryPolicy
+
+    journal = tmp_path / "run.journal"
+    server.inject(Fault("submit", "rate_limit", retry_after="30"))
+    slow_retry = RetryPolicy(attempts=3, base=0.01, cap=0.05, max_retry_after=30.0)
+    async with make(server.url, retry_policy=slow_retry) as client:
+
+        async def run() -> None:
+            async with client.run_batch([item_request(0)], journal=journal) as items:
+                async for _ in items:
+                    pass
+
+        task = asyncio.create_task(run())
+        for _ in range(1000):  # at most ~10 s for the first (refused) POST
+            if server.count("submit"):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        last = json.loads(journal.read_bytes().splitlines()[-1])
+        assert last["ev"] == "unsent"
+        assert server.creations == 0
+        [item] = await collect(client.run_batch([item_request(0)], journal=journal))
+    assert item.ok
+    assert server.creations == 1
