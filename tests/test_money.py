@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import signal
@@ -399,19 +400,31 @@ def tiny_fs(tmp_path: Path) -> Any:
 
 
 async def test_disk_full_between_intent_and_submitted_names_the_task(
-    server: FakeKieServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: FakeKieServer, tmp_path: Path, tiny_fs: Path | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ENOSPC writing `submitted` (injected): JournalError with the path and the task's id."""
-    path = tmp_path / "run.journal"
-    real_write = os.write
+    """ENOSPC writing `submitted`: JournalError with the path and the created task's id.
 
-    def write(fd: int, data: Any) -> int:
-        if b'"ev":"submitted"' in bytes(data):
-            real_write(fd, bytes(data)[:10])  # a partial line, as a full disk may leave
-            raise OSError(28, "No space left on device")
-        return real_write(fd, data)
+    On a tiny tmpfs (root) the disk is really full: the journal is padded so that the
+    `intent` record fills its last page exactly. Elsewhere the write error is injected.
+    """
+    folder = tiny_fs or tmp_path
+    path = folder / "run.journal"
+    if tiny_fs is not None:
+        payload = item_request(0).to_payload()
+        intent = {"fp": fingerprint(payload), "n": 0, "i": 0, "ev": "intent", "key": "k" * 17}
+        room = len(json.dumps(intent, separators=(",", ":"))) + 1
+        path.write_bytes(_padded_journal(4096 - room))
+        _fill(folder / "filler")
+    else:
+        real_write = os.write
 
-    monkeypatch.setattr(journal_module, "_os_write", write)
+        def write(fd: int, data: Any) -> int:
+            if b'"ev":"submitted"' in bytes(data):
+                real_write(fd, bytes(data)[:10])  # a partial line, as a full disk may leave
+                raise OSError(28, "No space left on device")
+            return real_write(fd, data)
+
+        monkeypatch.setattr(journal_module, "_os_write", write)
     async with make(server.url) as client:
         with pytest.raises(JournalError) as info:
             await collect(client.run_batch([item_request(0)], journal=path))
@@ -421,7 +434,8 @@ async def test_disk_full_between_intent_and_submitted_names_the_task(
     assert task_id in str(info.value)
     assert "No space left" in info.value.reason
     lines = path.read_bytes().splitlines()
-    assert all(json.loads(line) for line in lines)  # the partial line was cut back off
+    assert all(json.loads(line) for line in lines)  # a partial line was cut back off
+    assert json.loads(lines[-1])["ev"] == "intent"
 
 
 async def test_read_only_journal_is_a_journal_error(
@@ -608,3 +622,49 @@ async def test_batch_cancelled_while_a_refused_submit_waits_to_retry_is_not_unkn
         [item] = await collect(client.run_batch([item_request(0)], journal=journal))
     assert item.ok
     assert server.creations == 1
+
+
+def _padded_journal(size: int) -> bytes:
+    """A valid journal of exactly ``size`` bytes (header plus `rejected` records)."""
+    data = b'{"journal":"kiemashup-batch","v":2}\n'
+    n = 0
+    while True:
+        record = {"fp": "a" * 64, "n": n, "i": n, "ev": "rejected", "error": {"message": ""}}
+        line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        room = size - len(data)
+        if room < len(line) + 200:
+            record["error"] = {"message": "x" * (room - len(line))}
+            return data + json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        data += line
+        n += 1
+
+
+def _fill(path: Path) -> None:
+    """Write zeros to ``path`` until its file system is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        with contextlib.suppress(OSError):
+            while os.write(fd, b"\0" * 4096):
+                pass
+    finally:
+        os.close(fd)
+
+
+async def test_a_really_full_disk_before_the_post_pays_nothing(
+    server: FakeKieServer, tiny_fs: Path | None
+) -> None:
+    """On a full tmpfs the `intent` write fails: JournalError naming the path, 0 creations."""
+    if tiny_fs is None:
+        pytest.skip("needs a tmpfs mount (root)")
+    path = tiny_fs / "run.journal"
+    content = _padded_journal(4096)  # a page exactly: the next record needs a new one
+    path.write_bytes(content)
+    _fill(tiny_fs / "filler")
+    async with make(server.url) as client:
+        with pytest.raises(JournalError) as info:
+            await collect(client.run_batch([item_request(0)], journal=path))
+    assert info.value.path == path
+    assert info.value.task_id is None
+    assert "No space left" in info.value.reason
+    assert server.creations == 0
+    assert path.read_bytes() == content  # the failed record was cut back off
