@@ -200,16 +200,18 @@ async def test_cancelled_while_waiting_for_a_slot_sends_nothing_and_frees_it(
     server: FakeKieServer,
 ) -> None:
     """A submit cancelled in the pacing queue sends nothing; its slot goes to the next one."""
-    limits = RateLimits(submits_per_window=1, submit_window=0.8, requests_per_second=5000)
+    limits = RateLimits(submits_per_window=1, submit_window=3.0, requests_per_second=5000)
+    loop = asyncio.get_running_loop()
     async with make(server.url, rate_limits=limits) as client:
         await client.submit(item_request(0))
+        start = loop.time()
         waiting = asyncio.create_task(client.submit(item_request(1)))
         await asyncio.sleep(0.1)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        await asyncio.sleep(0.9)  # the window has passed: exactly one slot is free now
-        await client.submit(item_request(2))
+        await client.submit(item_request(2))  # takes the freed slot (~3 s), not the next (~6 s)
+        assert loop.time() - start < 5.0
         assert client.orphans == []
     assert sorted(item_of(t.payload) for t in server.tasks.values()) == [0, 2]
 
@@ -668,3 +670,32 @@ async def test_a_really_full_disk_before_the_post_pays_nothing(
     assert "No space left" in info.value.reason
     assert server.creations == 0
     assert path.read_bytes() == content  # the failed record was cut back off
+
+
+async def test_batch_cancelled_mid_exchange_journals_the_ids_the_replies_bring(
+    server: FakeKieServer, tmp_path: Path
+) -> None:
+    """Cancel while 5 POSTs await slow replies: the replies are awaited and their ids journaled."""
+    journal = tmp_path / "run.journal"
+    server.inject(Fault("submit", "slow", delay=0.5, times=5))
+    async with make(server.url) as client:
+
+        async def run() -> None:
+            async with client.run_batch(map(item_request, range(5)), journal=journal) as items:
+                async for _ in items:
+                    pass
+
+        task = asyncio.create_task(run())
+        for _ in range(1000):  # at most ~10 s for the five POSTs to arrive
+            if server.count("submit") == 5:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert journal_events(journal)["submitted"] == 5
+        assert journal_tasks(journal) == set(server.tasks)
+        assert sorted(str(o.task_id) for o in client.orphans) == sorted(server.tasks)
+        items = await collect(client.run_batch(map(item_request, range(5)), journal=journal))
+    assert all(item.ok for item in items)
+    assert server.creations == 5
