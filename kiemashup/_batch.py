@@ -56,7 +56,7 @@ OnProgress = Callable[[int, str], None]
 class BatchClient(Protocol):
     """What a batch needs from a client (``MashupClient`` has it)."""
 
-    async def submit_tracked(
+    async def _submit_tracked(
         self,
         request: MashupRequest,
         *,
@@ -210,7 +210,7 @@ class _Run:
                 self._log_soon(work, "rejected", error=_error_record(orphan.error))
 
         try:
-            handle = await self.client.submit_tracked(
+            handle = await self.client._submit_tracked(
                 work.request, key=key, before_send=before_send, on_orphan=orphaned, on_sent=sent
             )
         except SubmitOutcomeUnknown as exc:

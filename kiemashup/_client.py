@@ -228,9 +228,9 @@ class MashupClient:
         waiting for a creation slot, nothing is sent; cancelled after the POST left,
         the exchange is finished first and its outcome lands in ``orphans``.
         """
-        return await self.submit_tracked(request)
+        return await self._submit_tracked(request)
 
-    async def submit_tracked(
+    async def _submit_tracked(
         self,
         request: MashupRequest,
         *,

@@ -202,7 +202,7 @@ class InstantClient:
         self.submits = 0
         self.peak_tasks = 0
 
-    async def submit_tracked(self, request: MashupRequest, **hooks: Any) -> TaskHandle:
+    async def _submit_tracked(self, request: MashupRequest, **hooks: Any) -> TaskHandle:
         self.submits += 1
         self.peak_tasks = max(self.peak_tasks, len(asyncio.all_tasks()))
         await asyncio.sleep(0)
