@@ -418,9 +418,14 @@ class Batch:
             task.cancel()
         with contextlib.suppress(RuntimeError):  # no running loop any more
             loop = self._workers[0].get_loop()
-            workers, journal = self._workers, self._journal
-            loop.create_task(_finish(workers, journal))
+            finishing = loop.create_task(_finish(self._workers, self._journal))
+            _FINISHING.add(finishing)  # the loop keeps only a weak reference to tasks
+            finishing.add_done_callback(_FINISHING.discard)
         self._closed = True
+
+
+#: Clean-ups of batches dropped unclosed, kept alive until they are done.
+_FINISHING: set[asyncio.Task[None]] = set()
 
 
 async def _finish(workers: list[asyncio.Task[None]], journal: Journal | None) -> None:
