@@ -161,17 +161,26 @@ class Stream:
 
 
 async def finish_exchange(
-    exchange: asyncio.Future[T], report: Callable[[asyncio.Future[T]], None]
+    exchange: asyncio.Future[T],
+    report: Callable[[asyncio.Future[T]], None],
+    left: Callable[[], bool] = lambda: True,
 ) -> T:
-    """Await ``exchange``; if the caller is cancelled, finish it first, then ``report`` it.
+    """Await ``exchange``; if the caller is cancelled after it ``left()``, finish it first.
 
-    The first cancellation waits for the exchange (bounded by the request timeouts), so
-    its outcome is reported before the cancellation goes on; a second one stops waiting,
-    and the outcome is reported in the background when it comes.
+    Cancelled before the request left, the exchange is cancelled too (nothing is sent).
+    Cancelled after, the first cancellation waits for the exchange (bounded by the
+    request timeouts), so its outcome is ``report``-ed before the cancellation goes on;
+    a second one stops waiting, and the outcome is reported in the background.
     """
     try:
         return await asyncio.shield(exchange)
     except asyncio.CancelledError:
+        if not left():
+            exchange.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await exchange
+            if not left():
+                raise
         reported = False
 
         def once(done: asyncio.Future[T]) -> None:
@@ -271,15 +280,20 @@ class Transport:
         json: Any = None,
         multipart: Multipart | None = None,
         long: bool = False,
+        before_leaving: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[int, str | None, bytes]:
         """One HTTP exchange under the client's caps: (status, Retry-After, body).
 
         ``multipart`` is sent as multipart/form-data (uploads); ``long`` drops the total
         time limit (big transfers) but keeps the connect and per-read ones.
+        ``before_leaving()`` is awaited once the request holds its caps, just before
+        it is handed to aiohttp.
         """
         session = self.session
         await self._wait_turn()
         async with self._in_flight:
+            if before_leaving is not None:
+                await before_leaving()
             self.requests_sent += 1
             try:
                 async with session.request(
@@ -392,10 +406,11 @@ class Transport:
     ) -> str:
         """POST a creation; the task id. Retried only when the server certainly created nothing.
 
-        Each attempt waits for a creation slot, then awaits ``before_send()`` (the batch
-        journals its intent there), then sends; ``on_sent(exchange)`` sees the exchange
-        (done when its reply is handled). From then on the exchange is finished even if
-        the caller is cancelled; its outcome goes to ``on_orphan``.
+        Each attempt waits for a creation slot and the client's request caps, then
+        awaits ``before_send()`` (the batch journals its intent there), then sends;
+        ``on_sent(exchange)`` sees the exchange (done when its reply is handled).
+        Cancelled before the POST left, nothing is sent and the slot is given back;
+        after, the exchange is finished first and its outcome goes to ``on_orphan``.
         """
         url = self.base_url + path
 
@@ -419,28 +434,48 @@ class Transport:
 
         async def attempt() -> str:
             slot = await self.pace_submit()
-            if before_send is not None:
-                try:
+            left = False
+
+            async def leave() -> None:
+                nonlocal left
+                if before_send is not None:
                     await before_send()
-                except BaseException:
-                    self._submit_window.release(slot)  # nothing was sent
-                    raise
-            exchange = asyncio.ensure_future(self._submit_once(url, payload, request, key))
+                left = True  # synchronously followed by the request itself
+
+            exchange = asyncio.ensure_future(
+                self._submit_once(url, payload, request, key, leave, lambda: left)
+            )
             if on_sent is not None:
                 on_sent(exchange)
-            return await finish_exchange(exchange, report)
+            try:
+                return await finish_exchange(exchange, report, lambda: left)
+            except BaseException:
+                if not left:
+                    self._submit_window.release(slot)  # nothing was sent
+                raise
 
         return await self.retrying(attempt, submit_may_retry, what=f"POST {path}")
 
     async def _submit_once(
-        self, url: str, payload: dict[str, Any], request: object, key: str | None
+        self,
+        url: str,
+        payload: dict[str, Any],
+        request: object,
+        key: str | None,
+        leave: Callable[[], Awaitable[None]],
+        left: Callable[[], bool],
     ) -> str:
-        """One submit exchange: the task id, a not-created error, or ``SubmitOutcomeUnknown``."""
+        """One submit exchange: the task id, a not-created error, or ``SubmitOutcomeUnknown``.
+
+        An error before the request left (``left()`` still False) is raised as is.
+        """
         try:
-            status, retry_after, body = await self.send("POST", url, json=payload)
+            status, retry_after, body = await self.send(
+                "POST", url, json=payload, before_leaving=leave
+            )
             data = parse_envelope(status, body, retry_after=retry_after, now=self._wall_clock())
             return parse_submit(data)
         except Exception as exc:
-            if certainly_not_created(exc):
+            if not left() or certainly_not_created(exc):
                 raise
             raise SubmitOutcomeUnknown(request, str(exc), key=key) from exc

@@ -699,3 +699,35 @@ async def test_batch_cancelled_mid_exchange_journals_the_ids_the_replies_bring(
         items = await collect(client.run_batch(map(item_request, range(5)), journal=journal))
     assert all(item.ok for item in items)
     assert server.creations == 5
+
+
+async def test_no_intent_while_a_submit_waits_for_the_in_flight_cap(
+    server: FakeKieServer, tmp_path: Path
+) -> None:
+    """Queued behind the client's in-flight cap: no intent yet; cancelled there, never unknown."""
+    journal = tmp_path / "run.journal"
+    limits = RateLimits(
+        submits_per_window=100, requests_per_second=5000, max_in_flight=1, connection_limit=4
+    )
+    async with make(server.url, rate_limits=limits) as client:
+        first = await client.submit(item_request(9))
+        server.inject(Fault("record-info", "slow", delay=1.0))
+        hog = asyncio.create_task(client.get_task(first.task_id))  # holds the only place
+        await asyncio.sleep(0.1)
+
+        async def run() -> None:
+            async with client.run_batch([item_request(0)], journal=journal) as items:
+                async for _ in items:
+                    pass
+
+        task = asyncio.create_task(run())
+        await asyncio.sleep(0.3)
+        assert journal_events(journal)["intent"] == 0
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await hog
+        assert server.creations == 1
+        [item] = await collect(client.run_batch([item_request(0)], journal=journal))
+    assert item.ok
+    assert server.creations == 2
