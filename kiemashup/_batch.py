@@ -7,11 +7,11 @@ that. One item's failure is that item's result, never the batch's end.
 
 With a journal (``_journal``) the batch is resumable and never pays twice: the
 ``intent`` record is written once the creation slot and the client's request caps
-are held, just before the POST leaves; a submit whose POST left is finished and journaled whatever cancels the
-batch; a rerun re-attaches to tasks it knows, yields finished items without I/O,
-and never resubmits an item whose submit outcome is unknown unless
-``resubmit_unknown=True``. Unknown items are recovered through their per-submit
-key when the client has a receiver (``MashupClient.recover``).
+are held, just before the POST leaves; a submit whose POST left is finished and
+journaled whatever cancels the batch; a rerun re-attaches to tasks it knows,
+yields finished items without I/O, and never resubmits an item whose submit
+outcome is unknown unless ``resubmit_unknown=True``. Unknown items are recovered
+through their per-submit key when the client has a receiver (``MashupClient.recover``).
 
 ``run_batch`` returns a ``Batch``: iterate it directly, or better, use it as
 ``async with client.run_batch(...) as items`` -- leaving the block stops all
