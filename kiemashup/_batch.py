@@ -3,28 +3,50 @@
 A fixed pool of ``concurrency`` workers pulls items from the (possibly lazy)
 iterable, so 10 000 requests never become 10 000 coroutines; the client's own
 caps (creation pacing, poll scheduler, requests in flight) bound the I/O below
-that. One item's failure is that item's result, never the batch's end. With a
-journal (``_journal``), a rerun after a crash re-attaches to tasks it knows,
+that. One item's failure is that item's result, never the batch's end.
+
+With a journal (``_journal``) the batch is resumable and never pays twice: the
+``intent`` record is written once the creation slot and the client's request caps
+are held, just before the POST leaves; a submit whose POST left is finished and
+journaled whatever cancels the batch; a rerun re-attaches to tasks it knows,
 yields finished items without I/O, and never resubmits an item whose submit
-outcome is unknown unless ``resubmit_unknown=True``.
+outcome is unknown unless ``resubmit_unknown=True``. Unknown items are recovered
+through their per-submit key when the client has a receiver (``MashupClient.recover``).
+
+``run_batch`` returns a ``Batch``: iterate it directly, or better, use it as
+``async with client.run_batch(...) as items`` -- leaving the block stops all
+submitting at once. A plain ``async for`` stops when the ``Batch`` is closed or
+dropped (right after ``break`` in CPython).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from types import TracebackType
 from typing import Any, Protocol
 
 import attrs
 
-from kiemashup._core.errors import KieError, SubmitOutcomeUnknown, TaskFailedError
+from kiemashup._core.errors import JournalError, KieError, SubmitOutcomeUnknown, TaskFailedError
 from kiemashup._core.models import Stage, TaskSnapshot
 from kiemashup._core.request import MashupRequest
 from kiemashup._handle import TaskHandle
-from kiemashup._journal import Entry, Journal, fingerprint, snapshot_from_record, snapshot_record
+from kiemashup._journal import (
+    Entry,
+    ItemKey,
+    Journal,
+    fingerprint,
+    snapshot_from_record,
+    snapshot_record,
+)
+from kiemashup._transport import OnOrphan, OrphanedSubmit, new_submit_key
 
 DEFAULT_CONCURRENCY = 100
+#: Seconds a batch waits for an unknown submit's first callback before leaving it unknown.
+RECOVER_WAIT = 300.0
 
 #: ``on_progress(index, event)``: "submitted", a stage name ("TEXT", "FIRST", ...), or
 #: the item's outcome ("done", "failed", "unknown", "error").
@@ -34,7 +56,17 @@ OnProgress = Callable[[int, str], None]
 class BatchClient(Protocol):
     """What a batch needs from a client (``MashupClient`` has it)."""
 
-    async def submit(self, request: MashupRequest) -> TaskHandle: ...
+    async def _submit_tracked(
+        self,
+        request: MashupRequest,
+        *,
+        key: str | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+        on_orphan: OnOrphan | None = None,
+        on_sent: Callable[[asyncio.Future[str]], None] | None = None,
+    ) -> TaskHandle: ...
+
+    async def recover(self, error: SubmitOutcomeUnknown) -> TaskHandle: ...
 
     def task(self, task_id: str) -> TaskHandle: ...
 
@@ -72,6 +104,27 @@ def _error_record(exc: BaseException) -> dict[str, Any]:
     return {"type": type(exc).__name__, "message": str(exc).splitlines()[0] if str(exc) else ""}
 
 
+@attrs.define
+class _Work:
+    """One item as a worker sees it."""
+
+    index: int
+    request: MashupRequest
+    item: ItemKey
+
+
+def _numbered(requests: Iterable[MashupRequest]) -> Iterator[_Work]:
+    """Items with their journal identity: (fingerprint, occurrence of that fingerprint)."""
+    seen: dict[str, int] = {}
+    for index, request in enumerate(requests):
+        if not isinstance(request, MashupRequest):
+            raise TypeError(f"item {index} is a {type(request).__name__}, not a MashupRequest")
+        fp = fingerprint(request.to_payload())
+        n = seen.get(fp, 0)
+        seen[fp] = n + 1
+        yield _Work(index, request, (fp, n))
+
+
 class _Run:
     """One call of ``run_batch``: the shared iterator, the journal and the results queue."""
 
@@ -82,6 +135,7 @@ class _Run:
         *,
         stage: Stage,
         resubmit_unknown: bool,
+        recover_wait: float,
         on_progress: OnProgress | None,
         queue: asyncio.Queue[BatchItem | _Stop],
     ) -> None:
@@ -89,6 +143,7 @@ class _Run:
         self.journal = journal
         self.stage = stage
         self.resubmit_unknown = resubmit_unknown
+        self.recover_wait = recover_wait
         self.on_progress = on_progress
         self.queue = queue
 
@@ -96,48 +151,107 @@ class _Run:
         if self.on_progress is not None:
             self.on_progress(index, event)
 
-    async def _log(self, index: int, fp: str, event: str, **fields: Any) -> None:
+    async def _log(self, work: _Work, event: str, **fields: Any) -> None:
         if self.journal is not None:
-            await self.journal.append(index, fp, event, **fields)
+            await self.journal.append(work.item, work.index, event, **fields)
 
-    async def worker(self, items: Iterator[tuple[int, MashupRequest]]) -> None:
+    def _log_soon(self, work: _Work, event: str, **fields: Any) -> None:
+        if self.journal is not None:
+            self.journal.append_soon(work.item, work.index, event, **fields)
+
+    async def worker(self, items: Iterator[_Work]) -> None:
         try:
-            for index, request in items:  # next() is synchronous: workers never race on it
-                await self.queue.put(await self.run_item(index, request))
+            for work in items:  # next() is synchronous: workers never race on it
+                await self.queue.put(await self.run_item(work))
         except Exception as exc:  # a bug or a journal problem: stop the batch, loudly
             await self.queue.put(_Stop(exc))
             return
         await self.queue.put(_Stop(None))
 
-    async def run_item(self, index: int, request: MashupRequest) -> BatchItem:
-        if not isinstance(request, MashupRequest):
-            raise TypeError(f"item {index} is a {type(request).__name__}, not a MashupRequest")
-        fp = fingerprint(index, request.to_payload())
-        entry = self.journal.check(index, fp) if self.journal is not None else None
+    async def run_item(self, work: _Work) -> BatchItem:
+        entry = self.journal.entry(work.item) if self.journal is not None else None
         if entry is not None:
-            replayed = self._replay(index, request, entry)
+            replayed = self._replay(work, entry)
             if replayed is not None:
                 return replayed
             if entry.task_id is not None:
-                self._note(index, "submitted")
-                return await self._wait(index, request, fp, self.client.task(entry.task_id))
-        await self._log(index, fp, "intent")
-        try:
-            handle = await self.client.submit(request)
-        except SubmitOutcomeUnknown as exc:
-            await self._log(index, fp, "unknown", reason=exc.reason)
-            self._note(index, "unknown")
-            return BatchItem(index, request, None, error=exc)
-        except KieError as exc:  # the API refused: nothing was created, a rerun may retry
-            await self._log(index, fp, "rejected", error=_error_record(exc))
-            self._note(index, "error")
-            return BatchItem(index, request, None, error=exc)
-        await self._log(index, fp, "submitted", task=handle.task_id)
-        self._note(index, "submitted")
-        return await self._wait(index, request, fp, handle)
+                self._note(work.index, "submitted")
+                return await self._wait(work, self.client.task(entry.task_id))
+            if entry.unknown and entry.key and not self.resubmit_unknown:
+                error = SubmitOutcomeUnknown(work.request, self._reason(entry), key=entry.key)
+                return await self._unknown(work, error, from_journal=True)
+        return await self._submit(work)
 
-    def _replay(self, index: int, request: MashupRequest, entry: Entry) -> BatchItem | None:
+    @staticmethod
+    def _reason(entry: Entry) -> str:
+        return entry.reason or "a previous run stopped after sending the submit"
+
+    async def _submit(self, work: _Work) -> BatchItem:
+        key = new_submit_key()
+        exchange: asyncio.Future[str] | None = None  # the last POST sent, if any
+        orphan_seen = False
+
+        async def before_send() -> None:
+            await self._log(work, "intent", key=key)
+
+        def sent(future: asyncio.Future[str]) -> None:
+            nonlocal exchange
+            exchange = future
+
+        def orphaned(orphan: OrphanedSubmit) -> None:
+            # The batch was cancelled after the POST left; the exchange was finished.
+            nonlocal orphan_seen
+            orphan_seen = True
+            if orphan.task_id is not None:
+                self._log_soon(work, "submitted", task=orphan.task_id, key=key)
+            elif isinstance(orphan.error, SubmitOutcomeUnknown):
+                self._log_soon(work, "unknown", key=key, reason=orphan.error.reason)
+            elif orphan.error is not None:
+                self._log_soon(work, "rejected", error=_error_record(orphan.error))
+
+        try:
+            handle = await self.client._submit_tracked(
+                work.request, key=key, before_send=before_send, on_orphan=orphaned, on_sent=sent
+            )
+        except SubmitOutcomeUnknown as exc:
+            await self._log(work, "unknown", key=key, reason=exc.reason)
+            return await self._unknown(work, exc)
+        except JournalError:
+            raise  # the journal is unusable: the batch stops (the error names any task id)
+        except KieError as exc:  # the API refused: nothing was created, a rerun may retry
+            await self._log(work, "rejected", error=_error_record(exc))
+            self._note(work.index, "error")
+            return BatchItem(work.index, work.request, None, error=exc)
+        except asyncio.CancelledError:
+            # Not sent now, and any earlier attempt was refused (429/455): nothing was
+            # created. A POST still in flight (a second cancellation) is left as intent.
+            entry = self.journal.entry(work.item) if self.journal is not None else None
+            in_flight = exchange is not None and not exchange.done()
+            if not (orphan_seen or in_flight) and entry is not None and entry.event == "intent":
+                self._log_soon(work, "unsent")
+            raise
+        await self._log(work, "submitted", task=handle.task_id, key=key)
+        self._note(work.index, "submitted")
+        return await self._wait(work, handle)
+
+    async def _unknown(
+        self, work: _Work, exc: SubmitOutcomeUnknown, *, from_journal: bool = False
+    ) -> BatchItem:
+        """Recover an unknown submit through its key, or yield it as unknown."""
+        try:
+            async with asyncio.timeout(self.recover_wait):
+                handle = await self.client.recover(exc)
+        except (TimeoutError, KieError) as why:
+            error = why if isinstance(why, SubmitOutcomeUnknown) else exc
+            self._note(work.index, "unknown")
+            return BatchItem(work.index, work.request, None, error=error, from_journal=from_journal)
+        await self._log(work, "submitted", task=handle.task_id, key=exc.key)
+        self._note(work.index, "submitted")
+        return await self._wait(work, handle)
+
+    def _replay(self, work: _Work, entry: Entry) -> BatchItem | None:
         """The result a journal entry already holds, or None when there is work to do."""
+        index, request = work.index, work.request
         snap = snapshot_from_record(entry.snapshot) if entry.snapshot is not None else None
         if entry.event == "failed" and snap is not None:
             self._note(index, "failed")
@@ -145,17 +259,14 @@ class _Run:
         if entry.event == "done" and snap is not None and snap.stage >= self.stage:
             self._note(index, "done")
             return BatchItem(index, request, entry.task_id, snap, None, True)
-        if entry.unknown and not self.resubmit_unknown:
-            reason = entry.reason or "a previous run stopped after sending the submit"
+        if entry.unknown and not self.resubmit_unknown and not entry.key:
             self._note(index, "unknown")
-            return BatchItem(
-                index, request, None, error=SubmitOutcomeUnknown(request, reason), from_journal=True
-            )
+            error = SubmitOutcomeUnknown(request, self._reason(entry))
+            return BatchItem(index, request, None, error=error, from_journal=True)
         return None
 
-    async def _wait(
-        self, index: int, request: MashupRequest, fp: str, handle: TaskHandle
-    ) -> BatchItem:
+    async def _wait(self, work: _Work, handle: TaskHandle) -> BatchItem:
+        index, request = work.index, work.request
         task_id = handle.task_id
         try:
             snapshot = handle.latest
@@ -167,7 +278,7 @@ class _Run:
                             break
                         if snapshot.stage > Stage.PENDING:
                             stage = snapshot.stage.name
-                            await self._log(index, fp, "stage", task=task_id, stage=stage)
+                            await self._log(work, "stage", task=task_id, stage=stage)
                             self._note(index, stage)
                 finally:
                     close = getattr(updates, "aclose", None)
@@ -176,19 +287,18 @@ class _Run:
             assert snapshot is not None
             if snapshot.failed:
                 raise TaskFailedError(snapshot)
+        except JournalError:
+            raise
         except TaskFailedError as exc:
-            await self._log(
-                index, fp, "failed", task=task_id, snapshot=snapshot_record(exc.snapshot)
-            )
+            await self._log(work, "failed", task=task_id, snapshot=snapshot_record(exc.snapshot))
             self._note(index, "failed")
             return BatchItem(index, request, task_id, exc.snapshot, exc)
         except KieError as exc:  # waiting broke (network, auth...): a rerun re-attaches
-            await self._log(index, fp, "error", task=task_id, error=_error_record(exc))
+            await self._log(work, "error", task=task_id, error=_error_record(exc))
             self._note(index, "error")
             return BatchItem(index, request, task_id, handle.latest, exc)
         await self._log(
-            index,
-            fp,
+            work,
             "done",
             task=task_id,
             stage=snapshot.stage.name,
@@ -198,7 +308,133 @@ class _Run:
         return BatchItem(index, request, task_id, snapshot)
 
 
-async def run_batch(
+class Batch:
+    """A running batch: an async iterator of ``BatchItem`` and an async context manager.
+
+    ``async with client.run_batch(...) as items: async for item in items: ...`` stops
+    all submitting the moment the block is left (``break``, an error, a cancellation);
+    submits whose POST had left are finished and journaled first. Iterated without
+    ``async with``, it stops when closed (``aclose()``) or dropped.
+    """
+
+    def __init__(
+        self,
+        client: BatchClient,
+        requests: Iterable[MashupRequest],
+        *,
+        journal: str | os.PathLike[str] | None,
+        concurrency: int,
+        resubmit_unknown: bool,
+        recover_wait: float,
+        stage: Stage,
+        on_progress: OnProgress | None,
+    ) -> None:
+        self._client = client
+        self._requests = requests
+        self._journal_path = journal
+        self._limit = concurrency
+        self._options = (Stage(stage), resubmit_unknown, recover_wait, on_progress)
+        self._queue: asyncio.Queue[BatchItem | _Stop] = asyncio.Queue(maxsize=concurrency)
+        self._journal: Journal | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._running = 0
+        self._started = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Batch workers={len(self._workers)} closed={self._closed}>"
+
+    async def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        if self._journal_path is not None:
+            self._journal = await asyncio.to_thread(Journal, self._journal_path)
+        stage, resubmit_unknown, recover_wait, on_progress = self._options
+        run = _Run(
+            self._client,
+            self._journal,
+            stage=stage,
+            resubmit_unknown=resubmit_unknown,
+            recover_wait=recover_wait,
+            on_progress=on_progress,
+            queue=self._queue,
+        )
+        items = _numbered(self._requests)
+        self._workers = [asyncio.create_task(run.worker(items)) for _ in range(self._limit)]
+        self._running = len(self._workers)
+
+    async def __aenter__(self) -> Batch:
+        await self._start()  # an unusable journal fails here, before anything is paid for
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Batch:
+        return self
+
+    async def __anext__(self) -> BatchItem:
+        if self._closed:
+            raise StopAsyncIteration
+        await self._start()
+        try:
+            while self._running:
+                got = await self._queue.get()
+                if isinstance(got, _Stop):
+                    self._running -= 1
+                    if got.error is not None:
+                        raise got.error
+                    continue
+                return got
+        except BaseException:
+            await asyncio.shield(self.aclose())
+            raise
+        await self.aclose()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop submitting now; finish submits in flight, write their records, close."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._journal is not None:
+            await asyncio.to_thread(self._journal.close)
+
+    def __del__(self) -> None:
+        # Dropped unclosed (``break`` out of a plain ``async for``): stop submitting at
+        # once, and close the journal once the workers have finished.
+        if self._closed or not self._workers:
+            return
+        for task in self._workers:
+            task.cancel()
+        with contextlib.suppress(RuntimeError):  # no running loop any more
+            loop = self._workers[0].get_loop()
+            finishing = loop.create_task(_finish(self._workers, self._journal))
+            _FINISHING.add(finishing)  # the loop keeps only a weak reference to tasks
+            finishing.add_done_callback(_FINISHING.discard)
+        self._closed = True
+
+
+#: Clean-ups of batches dropped unclosed, kept alive until they are done.
+_FINISHING: set[asyncio.Task[None]] = set()
+
+
+async def _finish(workers: list[asyncio.Task[None]], journal: Journal | None) -> None:
+    await asyncio.gather(*workers, return_exceptions=True)
+    if journal is not None:
+        await asyncio.to_thread(journal.close)
+
+
+def run_batch(
     client: BatchClient,
     requests: Iterable[MashupRequest],
     *,
@@ -207,36 +443,19 @@ async def run_batch(
     resubmit_unknown: bool = False,
     stage: Stage = Stage.COMPLETE,
     on_progress: OnProgress | None = None,
-) -> AsyncIterator[BatchItem]:
-    """Yield a ``BatchItem`` per request, in completion order (see the module docstring)."""
+    recover_wait: float = RECOVER_WAIT,
+) -> Batch:
+    """A ``Batch`` yielding a ``BatchItem`` per request, in completion order."""
     limit = DEFAULT_CONCURRENCY if concurrency is None else concurrency
     if limit < 1:
         raise ValueError(f"concurrency must be >= 1 (got {limit})")
-    opened = await asyncio.to_thread(Journal, journal) if journal is not None else None
-    queue: asyncio.Queue[BatchItem | _Stop] = asyncio.Queue(maxsize=limit)
-    run = _Run(
+    return Batch(
         client,
-        opened,
-        stage=Stage(stage),
+        requests,
+        journal=journal,
+        concurrency=limit,
         resubmit_unknown=resubmit_unknown,
+        recover_wait=recover_wait,
+        stage=stage,
         on_progress=on_progress,
-        queue=queue,
     )
-    items = iter(enumerate(requests))
-    workers = [asyncio.create_task(run.worker(items)) for _ in range(limit)]
-    try:
-        running = len(workers)
-        while running:
-            got = await queue.get()
-            if isinstance(got, _Stop):
-                running -= 1
-                if got.error is not None:
-                    raise got.error
-                continue
-            yield got
-    finally:
-        for task in workers:
-            task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-        if opened is not None:
-            await asyncio.to_thread(opened.close)

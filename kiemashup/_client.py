@@ -7,13 +7,13 @@ import os
 import random
 import weakref
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from kiemashup._batch import BatchItem, OnProgress, run_batch
-from kiemashup._core.errors import ClientClosedError, KieError
+from kiemashup._batch import RECOVER_WAIT, Batch, OnProgress, run_batch
+from kiemashup._core.errors import APIError, ClientClosedError, KieError, SubmitOutcomeUnknown
 from kiemashup._core.models import Stage, TaskSnapshot, Track
 from kiemashup._core.policy import PollPolicy, RateLimits, RetryPolicy, Timeouts
 from kiemashup._core.protocol import (
@@ -22,8 +22,10 @@ from kiemashup._core.protocol import (
     PLACEHOLDER_CALLBACK_URL,
     RECORD_INFO_PATH,
     SUBMIT_PATH,
+    callback_url_key,
     parse_credits,
     parse_record_info,
+    record_info_callback_url,
 )
 from kiemashup._core.request import MashupRequest
 from kiemashup._core.state import make_snapshot
@@ -31,7 +33,7 @@ from kiemashup._handle import Hooks, TaskHandle, TaskState
 from kiemashup._receiver import CallbackReceiver
 from kiemashup._scheduler import PollScheduler
 from kiemashup._transfer import FileTransfer, Progress, UploadSource
-from kiemashup._transport import Transport
+from kiemashup._transport import OnOrphan, OrphanedSubmit, Transport, new_submit_key
 
 if TYPE_CHECKING:  # the session is only passed through to the transport
     import aiohttp
@@ -40,6 +42,7 @@ DEFAULT_BASE_URL = "https://api.kie.ai"
 DEFAULT_UPLOAD_BASE_URL = "https://kieai.redpandaai.co"
 EARLY_MAX = 10_000  # callbacks kept for unknown task ids, at most
 EARLY_TTL = 600.0  # seconds such a callback is kept
+KEYS_MAX = 10_000  # per-submit keys remembered from keyed callbacks, at most
 
 
 class MashupClient:
@@ -97,11 +100,7 @@ class MashupClient:
             timeouts=self.timeouts,
             rand=rand,
         )
-        self._files = FileTransfer(
-            self._transport,
-            upload_base_url=self.upload_base_url,
-            timeouts=self.timeouts,
-        )
+        self._files = FileTransfer(self._transport, upload_base_url=self.upload_base_url)
         self._scheduler = PollScheduler(
             self._fetch,
             self.poll_policy,
@@ -117,7 +116,12 @@ class MashupClient:
         self.confirm_callbacks = confirm_callbacks
         # Callbacks for tasks we do not know yet (one can beat submit()'s reply).
         self._early: OrderedDict[str, tuple[float, list[TaskSnapshot]]] = OrderedDict()
-        self._unsubscribe = receiver.subscribe(self.feed) if receiver is not None else None
+        # Submits whose caller was cancelled after the POST left (docs/errors.md).
+        self.orphans: list[OrphanedSubmit] = []
+        # Per-submit keys seen in callBackUrls of callbacks -> the task ids claiming them.
+        self._keys: OrderedDict[str, list[str]] = OrderedDict()
+        self._key_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._unsubscribe = receiver.subscribe(self._delivered) if receiver is not None else None
 
     def __repr__(self) -> str:
         return f"<MashupClient {self.base_url}>"
@@ -142,6 +146,10 @@ class MashupClient:
             self._unsubscribe()
         await self._scheduler.aclose()
         self._fail_all(ClientClosedError("the client was closed"))
+        for waiters in self._key_waiters.values():  # recover() calls still waiting
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(ClientClosedError("the client was closed"))
         await self._transport.aclose()
 
     def _fail_all(self, error: BaseException) -> None:
@@ -199,33 +207,144 @@ class MashupClient:
 
     # --- public calls --------------------------------------------------------------------------
 
-    def callback_url_for(self, request: MashupRequest) -> str:
-        """The ``callBackUrl`` a submit will send for ``request``."""
+    def callback_url_for(self, request: MashupRequest, key: str | None = None) -> str:
+        """The ``callBackUrl`` a submit will send for ``request`` (with its ``key``, if any).
+
+        With a receiver, the per-submit ``key`` rides in the URL so ``recover()`` can
+        find the task a submit created; a URL of your own is sent unchanged.
+        """
         if request.callback_url is not None:
             return request.callback_url
         if self.receiver is not None:
-            return self.receiver.url
+            return self.receiver.url_with_key(key) if key else self.receiver.url
         return self.callback_url or PLACEHOLDER_CALLBACK_URL
 
     async def submit(self, request: MashupRequest) -> TaskHandle:
         """Create a mashup task and return its handle (paced to Kie's creation limit).
 
-        Raises ``SubmitOutcomeUnknown`` if the request was sent but no reply came: the
-        task may exist, and it is never sent again behind your back.
+        Raises ``SubmitOutcomeUnknown`` (``.key``) if the request was sent but no usable
+        reply came: the task may exist, it is never sent again behind your back, and
+        ``recover(exc)`` can find it when the client has a receiver. Cancelled while
+        waiting for a creation slot, nothing is sent; cancelled after the POST left,
+        the exchange is finished first and its outcome lands in ``orphans``.
+        """
+        return await self._submit_tracked(request)
+
+    async def _submit_tracked(
+        self,
+        request: MashupRequest,
+        *,
+        key: str | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+        on_orphan: OnOrphan | None = None,
+        on_sent: Callable[[asyncio.Future[str]], None] | None = None,
+    ) -> TaskHandle:
+        """``submit()`` with hooks (used by ``run_batch``): the submit ``key`` to use,
+        ``before_send()`` awaited once the creation slot is held and just before the POST
+        leaves, ``on_sent(exchange)`` as it leaves (the future is done once its reply is
+        handled), and ``on_orphan(orphan)`` when the caller was cancelled after it left.
         """
         self._check_open()
         if not isinstance(request, MashupRequest):
             raise TypeError(f"submit() takes a MashupRequest, not {type(request).__name__}")
-        url = self.callback_url_for(request)
+        key = key or new_submit_key()
+        url = self.callback_url_for(request, key)
         payload = request.to_payload()
         payload["callBackUrl"] = url  # not evolve(): that would validate the request again
-        task_id = await self._transport.submit(SUBMIT_PATH, payload, request)
+
+        def orphaned(orphan: OrphanedSubmit) -> None:
+            if orphan.maybe_created:
+                self.orphans.append(orphan)
+            if on_orphan is not None:
+                on_orphan(orphan)
+
+        task_id = await self._transport.submit(
+            SUBMIT_PATH,
+            payload,
+            request,
+            key=key,
+            before_send=before_send,
+            on_orphan=orphaned,
+            on_sent=on_sent,
+        )
         state = self._state(task_id)
         state.offer(make_snapshot(task_id, "PENDING", source="submit"))
         if url != PLACEHOLDER_CALLBACK_URL:
             state.last_callback = self._now()  # callbacks expected: poll only as a safety net
         self._drain_early(state)
         return TaskHandle(state, self._hooks)
+
+    async def recover(self, error: SubmitOutcomeUnknown) -> TaskHandle:
+        """The handle of the task a submit of unknown outcome created, once that is proven.
+
+        Waits for Kie's first callback to the submit's keyed ``callBackUrl`` (``error.key``),
+        then confirms it with one record-info poll whose ``param.callBackUrl`` must hold
+        the key; a callback that fails the check is ignored and the wait goes on. Deadlines
+        are yours (``asyncio.timeout``): if no task was created, no callback ever comes.
+        Raises ``SubmitOutcomeUnknown`` at once when recovery is impossible (no receiver,
+        or no key). See docs/errors.md.
+        """
+        self._check_open()
+        if not isinstance(error, SubmitOutcomeUnknown):
+            raise TypeError(f"recover() takes a SubmitOutcomeUnknown, not {type(error).__name__}")
+        key = error.key
+        if self.receiver is None or not key:
+            why = "no receiver" if self.receiver is None else "the submit has no key"
+            raise SubmitOutcomeUnknown(
+                error.request, f"{error.reason}; cannot recover: {why}", key=key
+            ) from error
+        tried: set[str] = set()
+        while True:
+            task_id = await self._next_claim(key, tried)
+            tried.add(task_id)
+            try:
+                data = await self._transport.get(
+                    RECORD_INFO_PATH, {"taskId": task_id}, min_delay=self.poll_policy.min_interval
+                )
+            except APIError as exc:
+                if 400 <= exc.code < 500 and exc.code != 429:
+                    continue  # no such task: a forged or mistaken callback
+                raise
+            if callback_url_key(record_info_callback_url(data)) != key:
+                continue  # the task was not created by this submit: not confirmed
+            handle = self.task(task_id)
+            handle_state = self._state(task_id)
+            handle_state.offer(parse_record_info(data, task_id=task_id))
+            return handle
+
+    async def _next_claim(self, key: str, tried: set[str]) -> str:
+        """The next task id a keyed callback named for ``key`` that is not in ``tried``."""
+        while True:
+            for task_id in self._keys.get(key, ()):
+                if task_id not in tried:
+                    return task_id
+            self._check_open()
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._key_waiters.setdefault(key, []).append(waiter)
+            try:
+                await waiter
+            finally:
+                waiters = self._key_waiters.get(key, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._key_waiters.pop(key, None)
+
+    def _delivered(self, snapshot: TaskSnapshot) -> bool:
+        """The receiver's listener: note the delivery's submit key, then ``feed`` it."""
+        receiver = self.receiver
+        key = receiver.current_key if receiver is not None else None
+        if key:
+            claims = self._keys.setdefault(key, [])
+            if snapshot.task_id not in claims and len(claims) < 8:
+                claims.append(snapshot.task_id)
+            self._keys.move_to_end(key)
+            while len(self._keys) > KEYS_MAX:
+                self._keys.popitem(last=False)
+            for waiter in self._key_waiters.get(key, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
+        return self.feed(snapshot)
 
     def task(self, task_id: str) -> TaskHandle:
         """A handle for an existing task (no I/O); handles for one id share their state."""
@@ -282,14 +401,20 @@ class MashupClient:
         dest: str | os.PathLike[str],
         *,
         progress: Progress | None = None,
+        overwrite: bool = False,
     ) -> Path:
         """Stream a track's audio (or any URL) to ``dest``, a folder or a file path.
 
-        Written to a temporary file and renamed only when complete; Content-Length is
-        verified and transient failures retried. Result URLs expire: download promptly.
+        ``dest`` is a folder if it is one, ends with a separator, or is missing and has
+        no extension (then it is created). Written to a temporary file and moved into
+        place only when complete; Content-Length is verified and transient failures
+        retried. An existing file is never replaced unless ``overwrite=True``
+        (``DownloadError`` with ``.path`` otherwise). Result URLs expire: download promptly.
         """
         self._check_open()
-        return await self._files.download(track_or_url, dest, progress=progress)
+        return await self._files.download(
+            track_or_url, dest, progress=progress, overwrite=overwrite
+        )
 
     def run_batch(
         self,
@@ -300,10 +425,14 @@ class MashupClient:
         resubmit_unknown: bool = False,
         stage: Stage = Stage.COMPLETE,
         on_progress: OnProgress | None = None,
-    ) -> AsyncIterator[BatchItem]:
+        recover_wait: float = RECOVER_WAIT,
+    ) -> Batch:
         """Submit and wait for many requests; yield a ``BatchItem`` per request as it finishes.
 
-        See docs/batch.md for the journal, resuming and ``resubmit_unknown``.
+        Use it as ``async with client.run_batch(...) as items: async for item in items``:
+        leaving the block stops all submitting at once. ``recover_wait`` bounds the wait
+        for an unknown submit's callback (with a receiver). See docs/batch.md for the
+        journal, resuming, recovery and ``resubmit_unknown``.
         """
         self._check_open()
         return run_batch(
@@ -314,6 +443,7 @@ class MashupClient:
             resubmit_unknown=resubmit_unknown,
             stage=stage,
             on_progress=on_progress,
+            recover_wait=recover_wait,
         )
 
     def feed(self, snapshot: TaskSnapshot) -> bool:

@@ -1,31 +1,43 @@
-"""The batch journal: an append-only JSON-lines file that lets a crashed batch resume.
+"""The batch journal: an append-only JSON-lines file that lets a stopped batch resume.
 
-One record per line, each written and fsync'ed before the call returns, in order:
+One record per line, each written and fsync'ed in order by one writer thread:
 
 ```
-{"journal": "kiemashup-batch", "v": 1}                        header (first line)
-{"i": 7, "fp": "<sha256>", "ev": "intent"}                    about to POST item 7
-{"i": 7, "fp": "...", "ev": "submitted", "task": "5c79..."}   the POST returned a task id
-{"i": 7, "fp": "...", "ev": "stage", "task": "...", "stage": "FIRST"}
-{"i": 7, "fp": "...", "ev": "done", "task": "...", "stage": "COMPLETE", "snapshot": {...}}
-{"i": 7, "fp": "...", "ev": "failed", "task": "...", "snapshot": {...}}   TaskFailedError
-{"i": 7, "fp": "...", "ev": "unknown", "reason": "..."}      SubmitOutcomeUnknown
-{"i": 7, "fp": "...", "ev": "rejected", "error": {...}}       the API refused the submit
-{"i": 7, "fp": "...", "ev": "error", "task": "...", "error": {...}}   waiting failed
+{"journal": "kiemashup-batch", "v": 2}                               header (first line)
+{"fp": "<sha256>", "n": 0, "i": 7, "ev": "intent", "key": "..."}     the POST is about to leave
+{"fp": ..., "n": 0, "i": 7, "ev": "unsent"}                           cancelled before it left
+{"fp": ..., "n": 0, "i": 7, "ev": "submitted", "task": "5c79...", "key": "..."}
+{"fp": ..., "n": 0, "i": 7, "ev": "stage", "task": "...", "stage": "FIRST"}
+{"fp": ..., "n": 0, "i": 7, "ev": "done", "task": "...", "stage": "COMPLETE", "snapshot": {...}}
+{"fp": ..., "n": 0, "i": 7, "ev": "failed", "task": "...", "snapshot": {...}}   TaskFailedError
+{"fp": ..., "n": 0, "i": 7, "ev": "unknown", "key": "...", "reason": "..."}    SubmitOutcomeUnknown
+{"fp": ..., "n": 0, "i": 7, "ev": "rejected", "error": {...}}         the API refused the submit
+{"fp": ..., "n": 0, "i": 7, "ev": "error", "task": "...", "error": {...}}   waiting failed
 ```
 
-``fp`` is the sha256 of the item index and its canonical request payload without
-``callBackUrl``; a rerun whose item differs fails with ``JournalMismatchError``.
-A torn last line (the process was killed mid-write) is ignored and cut off; any
-other unreadable line is an error. An exclusive ``flock`` keeps two runs apart.
+An item is identified by its content and occurrence: ``fp`` is the sha256 of its
+canonical request payload without ``callBackUrl``, ``n`` counts earlier items of the
+input with the same ``fp`` (so a reordered input resumes; ``i`` is informational).
+
+Guarantees: a record whose write began reaches the disk before the batch ends, even
+if the caller is cancelled (writes are never un-queued; ``close`` waits for them).
+Records are ASCII JSON (``\\ud800`` escapes), so no string can make a write fail. A
+torn last line (the process was killed mid-write) is cut off; anything else that is
+not a journal -- another file, a blank file, a tampered record -- is a
+``JournalError`` naming the path, and the file is never overwritten. Any failure to
+read or write (a folder, a missing folder, read-only, disk full) is a ``JournalError``
+too, naming the task id when one had been created. An exclusive ``flock`` keeps two
+runs apart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +45,7 @@ from typing import Any
 
 import attrs
 
-from kiemashup._core.errors import JournalError, JournalMismatchError
+from kiemashup._core.errors import JournalError, KieError
 from kiemashup._core.models import Stage, TaskSnapshot, Track
 from kiemashup._core.state import make_snapshot
 from kiemashup._core.wire import snapshot_json
@@ -43,16 +55,24 @@ try:
 except ImportError:  # pragma: no cover - Windows: no advisory lock
     fcntl = None  # type: ignore[assignment]
 
-HEADER = {"journal": "kiemashup-batch", "v": 1}
-FINAL_EVENTS = frozenset({"done", "failed"})
+log = logging.getLogger("kiemashup.journal")
+
+HEADER = {"journal": "kiemashup-batch", "v": 2}
+EVENTS = frozenset(
+    {"intent", "unsent", "submitted", "stage", "done", "failed", "unknown", "rejected", "error"}
+)
 _HEADER_LINE = json.dumps(HEADER, separators=(",", ":")).encode()
+# The two system calls a record needs; module-level so tests can slow them or make them fail.
+_os_write = os.write
+_fsync = os.fsync
+ItemKey = tuple[str, int]  # (fingerprint, occurrence)
 
 
-def fingerprint(index: int, payload: dict[str, Any]) -> str:
-    """sha256 of the item index and its canonical payload, ``callBackUrl`` left out."""
+def fingerprint(payload: dict[str, Any]) -> str:
+    """sha256 of a request's canonical payload, ``callBackUrl`` left out."""
     body = {k: v for k, v in payload.items() if k != "callBackUrl"}
-    canonical = json.dumps({"i": index, "payload": body}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def snapshot_record(snapshot: TaskSnapshot) -> dict[str, Any]:
@@ -63,13 +83,28 @@ def snapshot_record(snapshot: TaskSnapshot) -> dict[str, Any]:
 
 
 def snapshot_from_record(data: dict[str, Any]) -> TaskSnapshot:
-    """The snapshot a ``snapshot_record`` dict describes."""
+    """The snapshot a ``snapshot_record`` dict describes, rebuilt by ``make_snapshot``.
+
+    Raises ``ValueError`` (or ``TypeError``/``KeyError``) when the record is not one.
+    """
+    task_id, status = data["task_id"], data["status"]
+    if not isinstance(task_id, str) or not isinstance(status, str):
+        raise TypeError("task_id and status must be strings")
+    tracks = data.get("tracks", ())
+    if not isinstance(tracks, list | tuple) or not all(isinstance(t, dict) for t in tracks):
+        raise TypeError("tracks must be a list of objects")
+    code = data.get("error_code")
+    message = data.get("error_message")
+    if not (code is None or (isinstance(code, int) and not isinstance(code, bool))):
+        raise TypeError("error_code must be an int")
+    if not (message is None or isinstance(message, str)):
+        raise TypeError("error_message must be a string")
     return make_snapshot(
-        data["task_id"],
-        data["status"],
-        tuple(Track(**track) for track in data.get("tracks", ())),
-        error_code=data.get("error_code"),
-        error_message=data.get("error_message"),
+        task_id,
+        status,
+        tuple(Track(**track) for track in tracks),
+        error_code=code,
+        error_message=message,
         source="journal",
     )
 
@@ -84,19 +119,22 @@ class Entry:
     stage: Stage = Stage.PENDING
     snapshot: dict[str, Any] | None = None
     reason: str | None = None
+    key: str | None = None  # the per-submit key of the last submit sent
 
     def apply(self, record: dict[str, Any]) -> None:
         event = record["ev"]
+        if event == "intent" and self.event in ("rejected", "unknown", "unsent", ""):
+            self.task_id = None  # a new submit of an item that has no task
         if isinstance(record.get("task"), str):
             self.task_id = record["task"]
+        if isinstance(record.get("key"), str):
+            self.key = record["key"]
         if isinstance(record.get("stage"), str) and record["stage"] in Stage.__members__:
             self.stage = max(self.stage, Stage[record["stage"]])
         if isinstance(record.get("snapshot"), dict):
             self.snapshot = record["snapshot"]
         if isinstance(record.get("reason"), str):
             self.reason = record["reason"]
-        if event == "intent" and self.event in ("rejected", "unknown", ""):
-            self.task_id = None
         self.event = event
 
     @property
@@ -105,120 +143,207 @@ class Entry:
         return self.task_id is None and self.event in ("intent", "unknown")
 
 
+def _check_record(record: Any) -> str | None:
+    """Why ``record`` is not a valid journal record, or None."""
+    if not isinstance(record, dict):
+        return "not an object"
+    fp, n, ev = record.get("fp"), record.get("n"), record.get("ev")
+    if not (isinstance(fp, str) and len(fp) == 64):
+        return "no valid fp"
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
+        return "no valid n"
+    if ev not in EVENTS:
+        return "unknown event"
+    for name in ("task", "key", "reason", "stage"):
+        if name in record and not isinstance(record[name], str):
+            return f"{name} is not a string"
+    if "stage" in record and record["stage"] not in Stage.__members__:
+        return "unknown stage"
+    if ev in ("submitted", "stage", "done", "failed") and "task" not in record:
+        return "no task"
+    if "snapshot" in record:
+        try:
+            snapshot_from_record(record["snapshot"])
+        except (KieError, ValueError, TypeError, KeyError, AttributeError):
+            return "bad snapshot"
+    elif ev in ("done", "failed"):
+        return "no snapshot"
+    return None
+
+
 class Journal:
-    """An open journal: ``entries`` as loaded, ``append`` writes one durable record."""
+    """An open journal: ``entries`` as loaded; ``append`` writes one durable record."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.entries: dict[int, Entry] = {}
+        self.entries: dict[ItemKey, Entry] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiemashup-journal")
-        self._fd = self._open()
+        self._size = 0
+        self._closed = False
+        try:
+            self._fd = self._open()
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
+
+    def _fail(self, exc: OSError, doing: str, task_id: str | None = None) -> JournalError:
+        return JournalError(self.path, f"cannot {doing}: {exc.strerror or exc}", task_id=task_id)
 
     def _open(self) -> int:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except IsADirectoryError:
+            raise JournalError(self.path, "is a folder, not a journal file") from None
+        except FileNotFoundError:
+            raise JournalError(self.path, "its folder does not exist") from None
+        except OSError as exc:
+            raise self._fail(exc, "open it for writing") from None
         try:
             if fcntl is not None:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     raise JournalError(self.path, "in use by another batch run") from None
-            with open(fd, "rb", closefd=False) as fh:
-                raw = fh.read()
-            good = self._load(raw)
-            if good < len(raw):
-                os.ftruncate(fd, good)  # cut the torn tail so the next record starts clean
-            os.lseek(fd, 0, os.SEEK_END)
-            if not self.entries and good == 0:
-                self._write(fd, HEADER)
+            try:
+                with open(fd, "rb", closefd=False) as fh:
+                    raw = fh.read()
+                good = self._load(raw)
+                if good < len(raw):
+                    os.ftruncate(fd, good)  # cut the torn tail so the next record starts clean
+                os.lseek(fd, good, os.SEEK_SET)
+                self._size = good
+                if good == 0:
+                    self._write_line(fd, _HEADER_LINE + b"\n")
+            except OSError as exc:
+                raise self._fail(exc, "read or start it") from None
         except BaseException:
             os.close(fd)
-            self._executor.shutdown(wait=False)
             raise
         return fd
 
     def _load(self, raw: bytes) -> int:
         """Fold the records in ``raw``; return the length of the usable prefix.
 
-        A last line without its newline is a torn write: dropped (nothing acted on a
-        record before its write returned, so nothing is lost).
+        A last line without its newline is a torn write: dropped (no record is acted
+        on before its write returned, so nothing is lost).
         """
         lines = raw.split(b"\n")
         complete, tail = lines[:-1], lines[-1]
-        offset = 0
-        header = False
-        for number, line in enumerate(complete, 1):
-            offset += len(line) + 1
-            if not line.strip():
-                continue
+        if not complete:
+            if _HEADER_LINE.startswith(tail):
+                return 0  # empty, or a torn header: start afresh
+            raise JournalError(self.path, "not a kiemashup batch journal (will not overwrite it)")
+        first = complete[0]
+        if first != _HEADER_LINE:
+            raise JournalError(self.path, self._not_a_journal(raw, first))
+        offset = len(first) + 1
+        for number, line in enumerate(complete[1:], 2):
             try:
                 record = json.loads(line)
-            except ValueError:
-                if number == len(complete) and not tail:
-                    return offset - len(line) - 1  # torn, then a stray newline
+            except (ValueError, RecursionError):
                 raise JournalError(self.path, f"line {number} is not valid JSON") from None
-            if not header:
-                if record != HEADER:
-                    raise JournalError(self.path, "not a kiemashup batch journal")
-                header = True
-            else:
-                self._fold(record, number)
-        if not header and tail and not _HEADER_LINE.startswith(tail):
-            raise JournalError(self.path, "not a kiemashup batch journal")
+            problem = _check_record(record)
+            if problem is not None:
+                raise JournalError(self.path, f"line {number} is not a journal record ({problem})")
+            item = (record["fp"], record["n"])
+            entry = self.entries.get(item)
+            if entry is None:
+                entry = self.entries[item] = Entry(record["fp"])
+            entry.apply(record)
+            offset += len(line) + 1
         return offset
 
-    def _fold(self, record: Any, number: int) -> None:
-        if not (
-            isinstance(record, dict)
-            and isinstance(record.get("i"), int)
-            and isinstance(record.get("fp"), str)
-            and isinstance(record.get("ev"), str)
-        ):
-            raise JournalError(self.path, f"line {number} is not a journal record")
-        entry = self.entries.get(record["i"])
-        if entry is None:
-            entry = self.entries[record["i"]] = Entry(record["fp"])
-        elif entry.fingerprint != record["fp"]:
-            raise JournalError(self.path, f"line {number}: item {record['i']} changed fingerprint")
-        entry.apply(record)
-
     @staticmethod
-    def _write(fd: int, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
-        data = line.encode()
-        while data:
-            written = os.write(fd, data)
-            data = data[written:]
-        os.fsync(fd)
-
-    def check(self, index: int, fp: str) -> Entry | None:
-        """The entry for ``index``; ``JournalMismatchError`` if it was another request."""
-        entry = self.entries.get(index)
-        if entry is not None and entry.fingerprint != fp:
-            raise JournalMismatchError(
-                self.path,
-                index,
-                f"item {index} is not the request this journal recorded "
-                "(the input changed since the journal was written; use a new journal)",
+    def _not_a_journal(raw: bytes, first: bytes) -> str:
+        if not raw.strip():
+            return "is blank, not a journal (delete it or choose another path)"
+        try:
+            header = json.loads(first)
+        except (ValueError, RecursionError):
+            header = None
+        if isinstance(header, dict) and header.get("journal") == HEADER["journal"]:
+            return (
+                f"journal format {header.get('v')!r} is not {HEADER['v']} "
+                "(finish it with the kiemashup that wrote it, or use a new journal)"
             )
-        return entry
+        return "not a kiemashup batch journal (will not overwrite it)"
 
-    async def append(self, index: int, fp: str, event: str, **fields: Any) -> None:
-        """Write one record and fsync it; returns once it is on disk."""
-        if self._fd < 0:
-            raise JournalError(self.path, "closed")
-        record: dict[str, Any] = {"i": index, "fp": fp, "ev": event}
+    def _write_line(self, fd: int, data: bytes) -> None:
+        """Append ``data`` and fsync; on failure, cut the partial line back off."""
+        start = self._size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[_os_write(fd, view) :]
+            _fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+                os.lseek(fd, start, os.SEEK_SET)
+            raise
+        self._size = start + len(data)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        """Runs in the writer thread: one record, durable, or ``JournalError``."""
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=True) + "\n"
+        try:
+            self._write_line(self._fd, line.encode("ascii"))
+        except OSError as exc:
+            raise self._fail(
+                exc, f"write its {record['ev']!r} record", record.get("task")
+            ) from None
+
+    def entry(self, item: ItemKey) -> Entry | None:
+        """What the journal knows about the item (fingerprint, occurrence), if anything."""
+        return self.entries.get(item)
+
+    def _queue(self, item: ItemKey, index: int, event: str, fields: dict[str, Any]) -> Any:
+        if self._closed:
+            raise JournalError(self.path, "closed", task_id=fields.get("task"))
+        record: dict[str, Any] = {"fp": item[0], "n": item[1], "i": index, "ev": event}
         record.update({k: v for k, v in fields.items() if v is not None})
-        entry = self.entries.get(index)
+        entry = self.entries.get(item)
         if entry is None:
-            entry = self.entries[index] = Entry(fp)
+            entry = self.entries[item] = Entry(item[0])
         entry.apply(record)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._write, self._fd, record)
+        return self._executor.submit(self._write, record)
+
+    async def append(self, item: ItemKey, index: int, event: str, **fields: Any) -> None:
+        """Write one record and fsync it; returns once it is on disk.
+
+        Cancelling the caller never cancels the write: it is waited for, then the
+        cancellation goes on.
+        """
+        future = asyncio.wrap_future(self._queue(item, index, event, fields))
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.shield(future)
+            raise
+
+    def append_soon(self, item: ItemKey, index: int, event: str, **fields: Any) -> None:
+        """Queue one record without waiting (for code that cannot await: cancellation paths).
+
+        It is on disk once ``close()`` returns; a failure is logged with the task id.
+        """
+        try:
+            future = self._queue(item, index, event, fields)
+        except JournalError as exc:
+            log.error("%s", exc)
+            return
+
+        def logged(done: concurrent.futures.Future[None]) -> None:
+            error = done.exception()
+            if error is not None:
+                log.error("%s", error)
+
+        future.add_done_callback(logged)
 
     def close(self) -> None:
-        """Release the lock and the file (pending appends finish first)."""
-        if self._fd >= 0:
+        """Release the lock and the file; every queued record is written first."""
+        if not self._closed:
+            self._closed = True
             self._executor.shutdown(wait=True)
             with contextlib.suppress(OSError):
                 os.close(self._fd)
-            self._fd = -1

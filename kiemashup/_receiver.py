@@ -11,6 +11,7 @@ takes the receiver down.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import secrets
 import time
@@ -28,6 +29,10 @@ log = logging.getLogger("kiemashup.receiver")
 
 MAX_BODY = 256 * 1024
 Listener = Callable[[TaskSnapshot], object]
+#: The per-submit key of the delivery being handed to listeners (see ``current_key``).
+_DELIVERY_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "kiemashup_delivery_key", default=None
+)
 
 
 def parse_callback(
@@ -88,6 +93,7 @@ class CallbackReceiver:
         self.replayed = 0  # signed deliveries seen before: answered 200, handed to nobody
         self.app = web.Application(client_max_size=max_body)
         self.app.router.add_post(f"/{self._token}", self._handle)
+        self.app.router.add_post(f"/{self._token}/{{key:k[A-Za-z0-9_-]{{16}}}}", self._keyed)
         # Reliability: a wrong path token (or method) is a forgery too; count it in
         # ``rejected`` so that every refused delivery is accounted for (still a 404).
         self.app.router.add_route("*", "/{tail:.*}", self._not_found)
@@ -115,6 +121,28 @@ class CallbackReceiver:
         """Call ``listener(snapshot)`` for every accepted callback; returns an unsubscribe."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    # --- per-submit keys (money safety: recovering a submit of unknown outcome) ---------------
+    # A submit's callBackUrl may be ``url_with_key(key)``: the same endpoint with the
+    # submit's key (``k`` + 16 URL-safe characters) as one more path segment; any other
+    # longer path is still a 404. Deliveries there are handled exactly like those to
+    # ``url``; while listeners run, ``current_key`` names the key.
+
+    def url_with_key(self, key: str) -> str:
+        """``url`` plus ``/<key>``: the ``callBackUrl`` of one submit (``key`` is URL-safe)."""
+        return f"{self.url}/{key}"
+
+    @property
+    def current_key(self) -> str | None:
+        """Inside a listener: the per-submit key of the delivery's URL, else None."""
+        return _DELIVERY_KEY.get()
+
+    async def _keyed(self, request: web.Request) -> web.Response:
+        reset = _DELIVERY_KEY.set(request.match_info["key"])
+        try:
+            return await self._handle(request)
+        finally:
+            _DELIVERY_KEY.reset(reset)
 
     # --- serving -----------------------------------------------------------------------------
 

@@ -1,13 +1,16 @@
-"""Uploads to Kie's File Upload API and downloads of results, over the transport's session.
+"""Uploads to Kie's File Upload API and downloads of results, through the transport's seam.
 
-Uploads go to their own host (``upload_base_url``) with the same Bearer key and the
-client's caps; paths and file objects are streamed as multipart (never read whole
-into memory), small byte strings are sent as base64 JSON. Downloads fetch public
-result URLs *without* the API key, stream to a temporary file in the destination
-folder and rename it only once complete and verified, so no half-written file
-ever carries the final name. Both retry transient failures with the client's
-``RetryPolicy``. Uploaded files expire after 3 days, result URLs after 14 days or
-less (KIE-API.md §2, §5): download promptly.
+Every request goes through ``Transport.send``/``Transport.stream`` (the client's caps,
+request count, error translation, Retry-After) and its one retry loop; this module
+never touches aiohttp. Uploads go to their own host (``upload_base_url``) with the
+same Bearer key; paths and file objects are streamed as multipart (never read whole
+into memory), small byte strings are sent as base64 JSON. A default upload name
+carries a digest of the content, so two different files never share a URL.
+Downloads fetch public result URLs *without* the API key, stream to a temporary file
+in the destination folder and move it into place only once complete and verified, so
+no half-written file ever carries the final name; an existing file is never replaced
+unless ``overwrite=True``. Uploaded files expire after 3 days, result URLs after 14
+days or less (KIE-API.md §2, §5): download promptly.
 """
 
 from __future__ import annotations
@@ -15,39 +18,43 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import hashlib
 import io
 import os
-import tempfile
-import time
+import secrets
+import stat
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import IO, Any
 
-import aiohttp
-
-from kiemashup._core.errors import DownloadError, FileValidationError, ServerError
+from kiemashup._core.errors import (
+    DownloadError,
+    FileValidationError,
+    RateLimitError,
+    ServerError,
+)
 from kiemashup._core.filenames import (
     SNIFF_BYTES,
     audio_problem,
+    content_upload_name,
     default_upload_name,
     mime_type,
-    safe_component,
     track_file_name,
     url_file_name,
 )
 from kiemashup._core.models import Track
-from kiemashup._core.policy import Timeouts
 from kiemashup._core.protocol import (
     BASE64_MAX,
     BASE64_UPLOAD_PATH,
     DEFAULT_UPLOAD_PATH,
     STREAM_UPLOAD_PATH,
     URL_UPLOAD_PATH,
+    parse_retry_after,
     parse_upload_reply,
 )
 from kiemashup._core.request import is_http_url
-from kiemashup._transport import RETRYABLE_READ, USER_AGENT, Transport, translate
+from kiemashup._transport import RETRYABLE_READ, Multipart, Transport
 
 #: ``progress(bytes_done, total_or_None)`` after every chunk written.
 Progress = Callable[[int, int | None], None]
@@ -63,21 +70,9 @@ class _Truncated(Exception):
 class FileTransfer:
     """Upload and download for one client; borrows the client's transport."""
 
-    def __init__(
-        self,
-        transport: Transport,
-        *,
-        upload_base_url: str,
-        timeouts: Timeouts,
-    ) -> None:
+    def __init__(self, transport: Transport, *, upload_base_url: str) -> None:
         self._transport = transport
         self.upload_base_url = upload_base_url.rstrip("/")
-        # Retries go through the transport's one loop, with the client's RetryPolicy.
-        # Uploads and downloads of big files can be long: bound connect and each read
-        # (a stall), not the whole transfer.
-        self._transfer_timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeouts.connect, sock_read=timeouts.read
-        )
 
     # --- uploads ----------------------------------------------------------------------------
 
@@ -103,9 +98,10 @@ class FileTransfer:
             return await self._stream(io.BytesIO(data), name, upload_path, data[:SNIFF_BYTES])
         if isinstance(source, str | os.PathLike):
             path = Path(source)
-            fh, head = await asyncio.to_thread(_open_audio, path)
+            fh, head, digest = await asyncio.to_thread(_open_audio, path)
             try:
-                return await self._stream(fh, file_name or path.name, upload_path, head)
+                name = file_name or content_upload_name(path.name, digest)
+                return await self._stream(fh, name, upload_path, head)
             finally:
                 fh.close()
         if hasattr(source, "read"):
@@ -116,6 +112,7 @@ class FileTransfer:
 
     async def _upload_fileobj(self, fh: IO[bytes], file_name: str | None, upload_path: str) -> str:
         raw_name = getattr(fh, "name", None)
+        own_name = os.path.basename(raw_name) if isinstance(raw_name, str) and raw_name else None
         shown = raw_name if isinstance(raw_name, str) else "<file object>"
         seekable = _seekable(fh)
         if seekable:
@@ -126,18 +123,19 @@ class FileTransfer:
             head = fh.read(SNIFF_BYTES)
         if not isinstance(head, bytes):
             raise FileValidationError(shown, "the file object is not binary (open it with 'rb')")
-        check(head, raw_name if isinstance(raw_name, str) else file_name, shown)
+        check(head, own_name or file_name, shown)
+        # Seekable: the name comes from the content. Not seekable: it cannot be read twice,
+        # so a random token keeps two different streams apart instead.
+        digest = await asyncio.to_thread(_digest, fh, start) if seekable else secrets.token_hex(8)
         name = file_name or (
-            os.path.basename(raw_name)
-            if isinstance(raw_name, str) and raw_name
-            else default_upload_name(head, hashlib.sha256(head).hexdigest())
+            content_upload_name(own_name, digest) if own_name else default_upload_name(head, digest)
         )
         if seekable:
             return await self._stream(fh, name, upload_path, head)
         # Not seekable: the head is already consumed; stream it back in front, once (no retry).
         return await self._post(
             STREAM_UPLOAD_PATH,
-            lambda: {"data": _form(_chain(head, fh), name, upload_path, head)},
+            lambda: {"multipart": _form(_chain(head, fh), name, upload_path, head)},
             attempts=1,
         )
 
@@ -146,7 +144,7 @@ class FileTransfer:
 
         def form() -> dict[str, Any]:
             fh.seek(start)  # a retry sends the whole file again
-            return {"data": _form(_NoClose(fh), name, upload_path, head)}
+            return {"multipart": _form(_NoClose(fh), name, upload_path, head)}
 
         return await self._post(STREAM_UPLOAD_PATH, form)
 
@@ -167,9 +165,11 @@ class FileTransfer:
 
         async def once() -> str:
             status, retry_after, reply = await self._transport.send(
-                "POST", url, http_timeout=self._transfer_timeout, **body()
+                "POST", url, long=True, **body()
             )
-            return parse_upload_reply(status, reply, retry_after=retry_after, now=time.time())
+            return parse_upload_reply(
+                status, reply, retry_after=retry_after, now=self._transport.now()
+            )
 
         return await self._transport.retrying(once, attempts=attempts, what=f"POST {path}")
 
@@ -181,8 +181,14 @@ class FileTransfer:
         dest: str | os.PathLike[str],
         *,
         progress: Progress | None = None,
+        overwrite: bool = False,
     ) -> Path:
-        """Stream ``source`` (a playable track or a URL) to ``dest`` (a folder or a file path)."""
+        """Stream ``source`` (a playable track or a URL) to ``dest`` (a folder or a file path).
+
+        ``dest`` is a folder when it is one, ends with a separator, or does not exist and
+        has no extension (it is then created). An existing file is replaced only with
+        ``overwrite=True``; otherwise ``DownloadError`` (``.path``) says it exists.
+        """
         if isinstance(source, Track):
             if not source.audio_url:
                 raise FileValidationError(source.id, "the track has no audio yet (not playable)")
@@ -192,56 +198,59 @@ class FileTransfer:
             url, name = source, url_file_name(source)
         else:
             raise FileValidationError(source, "not a playable Track or an http(s) URL")
-        target = await asyncio.to_thread(_resolve_target, dest, name)
+        target = await asyncio.to_thread(_resolve_target, url, dest, name, overwrite)
         try:
             await self._transport.retrying(
-                lambda: self._download_once(url, target, progress),
+                lambda: self._download_once(url, target, progress, overwrite),
                 (_Truncated, *RETRYABLE_READ),
                 what="download",
             )
         except _Truncated as exc:
-            raise DownloadError(url, str(exc)) from None
+            raise DownloadError(url, str(exc), path=target) from None
         except RETRYABLE_READ as exc:
-            raise DownloadError(url, str(exc)) from exc
+            raise DownloadError(url, str(exc), path=target) from exc
+        except OSError as exc:  # disk full, permissions, a name the file system refuses
+            raise DownloadError(
+                url, f"cannot write {target}: {exc.strerror or exc}", path=target
+            ) from exc
         return target
 
-    async def _download_once(self, url: str, target: Path, progress: Progress | None) -> None:
-        fd, temp_name = tempfile.mkstemp(
-            dir=target.parent, prefix=f".{safe_component(target.name)}.", suffix=".part"
-        )
+    async def _download_once(
+        self, url: str, target: Path, progress: Progress | None, overwrite: bool
+    ) -> None:
+        temp = target.parent / f".kiemashup-{secrets.token_hex(6)}.part"
+        # 0o666 and O_EXCL: the process umask decides the mode (usually 0644), as for any file.
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as out:
                 await self._fetch_into(url, out, progress)
                 out.flush()
                 await asyncio.to_thread(os.fsync, out.fileno())
-            os.replace(temp_name, target)
-        except BaseException:
+            await asyncio.to_thread(_place, url, temp, target, overwrite)
+        finally:
             with contextlib.suppress(OSError):
-                os.unlink(temp_name)
-            raise
+                os.unlink(temp)
 
     async def _fetch_into(self, url: str, out: IO[bytes], progress: Progress | None) -> None:
-        try:
-            async with self._transport.session.get(
-                url, headers={"User-Agent": USER_AGENT}, timeout=self._transfer_timeout
-            ) as resp:
-                if resp.status >= 500 or resp.status == 429:
-                    raise ServerError(resp.status, f"HTTP {resp.status}", http_status=resp.status)
-                if resp.status >= 400:
-                    raise DownloadError(
-                        url, f"HTTP {resp.status} (expired or missing?)", http_status=resp.status
-                    )
-                total = resp.content_length if "Content-Encoding" not in resp.headers else None
-                done = 0
+        async with self._transport.stream(url) as resp:
+            if resp.status == 429:
+                wait = parse_retry_after(resp.retry_after, self._transport.now())
+                raise RateLimitError(429, "HTTP 429", http_status=429, retry_after=wait)
+            if resp.status >= 500:
+                raise ServerError(resp.status, f"HTTP {resp.status}", http_status=resp.status)
+            if resp.status >= 400:
+                raise DownloadError(
+                    url, f"HTTP {resp.status} (expired or missing?)", http_status=resp.status
+                )
+            total = resp.content_length
+            done = 0
+            if progress is not None:
+                progress(0, total)
+            async for chunk in resp.chunks(CHUNK):
+                out.write(chunk)
+                done += len(chunk)
                 if progress is not None:
-                    progress(0, total)
-                async for chunk in resp.content.iter_chunked(CHUNK):
-                    out.write(chunk)
-                    done += len(chunk)
-                    if progress is not None:
-                        progress(done, total)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise translate(exc, f"GET {url.split('?')[0]}") from exc
+                    progress(done, total)
         if total is not None and done != total:
             raise _Truncated(f"got {done} of {total} bytes (Content-Length)")
 
@@ -253,33 +262,96 @@ def check(head: bytes, name: str | None, shown: object) -> None:
         raise FileValidationError(shown, problem)
 
 
-def _open_audio(path: Path) -> tuple[IO[bytes], bytes]:
-    """Open ``path`` for upload after checking it is a non-empty audio file."""
+def _open_audio(path: Path) -> tuple[IO[bytes], bytes, str]:
+    """Open ``path`` for upload after checking it is a non-empty regular audio file.
+
+    Returns the file (at offset 0), its first bytes and the sha256 of its content.
+    Never blocks on a FIFO or a device: they are refused before (and while) opening.
+    """
     try:
-        fh = path.open("rb")
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise FileValidationError(path, "is a folder, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise FileValidationError(path, "is not a regular file (a pipe, socket or device?)")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise FileValidationError(path, "no such file") from None
-    except IsADirectoryError:
-        raise FileValidationError(path, "is a folder, not a file") from None
     except PermissionError:
         raise FileValidationError(path, "permission denied") from None
+    except OSError as exc:
+        raise FileValidationError(path, f"cannot open: {exc.strerror or exc}") from None
+    fh = os.fdopen(fd, "rb")
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped for something else meanwhile
+            raise FileValidationError(path, "is not a regular file (a pipe, socket or device?)")
         head = fh.read(SNIFF_BYTES)
         check(head, path.name, path)
-        fh.seek(0)
+        digest = _digest(fh, 0)
     except BaseException:
         fh.close()
         raise
-    return fh, head
+    return fh, head, digest
 
 
-def _resolve_target(dest: str | os.PathLike[str], name: str) -> Path:
-    """The file path a download writes: ``dest/name`` for a folder, else ``dest``."""
+def _digest(fh: IO[bytes], start: int) -> str:
+    """sha256 of ``fh`` from ``start`` to its end; leaves it at ``start``."""
+    fh.seek(start)
+    sha = hashlib.sha256()
+    while chunk := fh.read(CHUNK):
+        sha.update(chunk)
+    fh.seek(start)
+    return sha.hexdigest()
+
+
+def _resolve_target(url: str, dest: str | os.PathLike[str], name: str, overwrite: bool) -> Path:
+    """The file path a download writes (see ``FileTransfer.download``); folders are created."""
     target = Path(dest)
-    if target.is_dir() or os.fspath(dest).endswith((os.sep, "/")):
+    raw = os.fspath(dest)
+    as_folder = raw.endswith((os.sep, "/")) or target.is_dir()
+    if not as_folder and not target.exists() and not target.suffix:
+        as_folder = True  # "out" that does not exist yet: a folder to create, not a file
+    if as_folder:
         target = target / name
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(
+            url, f"cannot create folder {target.parent}: {exc.strerror or exc}", path=target
+        ) from None
+    if target.is_dir():
+        raise DownloadError(url, f"{target} is a folder", path=target)
+    if not overwrite and target.exists():
+        raise DownloadError(url, _exists(target), path=target)
     return target
+
+
+def _exists(target: Path) -> str:
+    return f"{target} already exists (pass overwrite=True to replace it)"
+
+
+def _place(url: str, temp: Path, target: Path, overwrite: bool) -> None:
+    """Move the finished ``temp`` to ``target``; without ``overwrite``, never replace a file."""
+    if overwrite:
+        os.replace(temp, target)
+        return
+    try:
+        os.link(temp, target)  # atomic: fails if the name was taken meanwhile
+    except FileExistsError:
+        raise DownloadError(url, _exists(target), path=target) from None
+    except OSError as exc:
+        if exc.errno not in (
+            errno.EPERM,
+            errno.ENOTSUP,
+            errno.EOPNOTSUPP,
+            errno.EXDEV,
+            errno.EMLINK,
+        ):
+            raise
+        # No hard links here (some file systems): check, then rename.
+        if target.exists():
+            raise DownloadError(url, _exists(target), path=target) from None
+        os.replace(temp, target)
 
 
 def _seekable(fh: IO[bytes]) -> bool:
@@ -289,12 +361,14 @@ def _seekable(fh: IO[bytes]) -> bool:
         return False
 
 
-def _form(value: object, name: str, upload_path: str, head: bytes) -> aiohttp.FormData:
-    form = aiohttp.FormData()
-    form.add_field("uploadPath", upload_path)
-    form.add_field("fileName", name)
-    form.add_field("file", value, filename=name, content_type=mime_type(head))
-    return form
+def _form(value: object, name: str, upload_path: str, head: bytes) -> Multipart:
+    return Multipart(
+        fields=(("uploadPath", upload_path), ("fileName", name)),
+        file_field="file",
+        file=value,
+        file_name=name,
+        content_type=mime_type(head),
+    )
 
 
 async def _chain(head: bytes, fh: IO[bytes]) -> AsyncIterator[bytes]:

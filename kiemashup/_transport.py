@@ -1,24 +1,31 @@
 """The only module that uses the aiohttp client. Knows HTTP, not tasks.
 
-It owns (or borrows) one ``aiohttp.ClientSession``, applies the client-wide caps on
-request rate and requests in flight, translates aiohttp errors into ``TransportError``
-(``raise ... from``) and retries what is safe to retry. A submit costs credits, so it
-is retried only when the server certainly created nothing.
+It owns (or borrows) one ``aiohttp.ClientSession``. Every request -- API calls,
+uploads and downloads -- goes through ``send`` or ``stream``, which apply the
+client-wide caps on request rate and requests in flight, count requests, and
+translate aiohttp errors into ``TransportError`` (``raise ... from``). ``retrying`` is
+the one retry loop; each caller passes what may be retried. A submit costs credits,
+so it is retried only when the server certainly created nothing
+(``_core.protocol.submit_may_retry``); once its POST has left, its exchange is
+finished even if the caller is cancelled, and the outcome is handed to ``on_orphan``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
+import attrs
 
 from kiemashup._core.errors import (
-    KieError,
+    ClientClosedError,
     ProtocolError,
     RateLimitError,
     ServerError,
@@ -27,7 +34,12 @@ from kiemashup._core.errors import (
     TransportError,
 )
 from kiemashup._core.policy import RateLimits, RetryPolicy, Timeouts
-from kiemashup._core.protocol import parse_envelope, parse_submit
+from kiemashup._core.protocol import (
+    certainly_not_created,
+    parse_envelope,
+    parse_submit,
+    submit_may_retry,
+)
 from kiemashup._core.timing import SlidingWindow, retry_delay
 
 log = logging.getLogger("kiemashup.transport")
@@ -72,7 +84,117 @@ RETRYABLE_READ = (
     ServerError,
     ProtocolError,
 )
-RETRYABLE_SUBMIT = (RateLimitError, ServiceUnavailableError)
+#: What may be retried: exception types, or a rule taking the exception.
+Retryable = tuple[type[Exception], ...] | Callable[[Exception], bool]
+
+
+def new_submit_key() -> str:
+    """A fresh per-submit key: "k" and 96 random bits, URL-safe (17 characters).
+
+    The receiver serves ``<url>/<key>`` for keys of exactly this shape (``KEY_PATTERN``).
+    """
+    return "k" + secrets.token_urlsafe(12)
+
+
+@attrs.frozen
+class OrphanedSubmit:
+    """A submit whose caller was cancelled after its POST left; the exchange was finished.
+
+    ``task_id`` is the task it created; otherwise ``error`` says what came back:
+    ``SubmitOutcomeUnknown`` (the task may exist), or an error that proves nothing was
+    created. ``MashupClient.orphans`` keeps those with a task id or an unknown outcome.
+    """
+
+    request: object
+    key: str | None
+    task_id: str | None
+    error: Exception | None = None
+
+    @property
+    def maybe_created(self) -> bool:
+        """True unless the reply proved that no task was created."""
+        return self.task_id is not None or isinstance(self.error, SubmitOutcomeUnknown)
+
+
+OnOrphan = Callable[[OrphanedSubmit], None]
+
+
+@attrs.frozen
+class Multipart:
+    """A multipart/form-data body: text ``fields`` then one file part (streamed)."""
+
+    fields: tuple[tuple[str, str], ...]
+    file_field: str
+    file: object  # a binary file or an async iterator of bytes
+    file_name: str
+    content_type: str
+
+    def form(self) -> aiohttp.FormData:
+        form = aiohttp.FormData()
+        for name, value in self.fields:
+            form.add_field(name, value)
+        form.add_field(
+            self.file_field, self.file, filename=self.file_name, content_type=self.content_type
+        )
+        return form
+
+
+class Stream:
+    """A reply being streamed (downloads): status, headers and the body in chunks."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, what: str) -> None:
+        self._resp = resp
+        self._what = what
+        self.status = resp.status
+        self.retry_after = resp.headers.get("Retry-After")
+        # Compressed bodies arrive decoded: their Content-Length says nothing about them.
+        self.content_length = (
+            resp.content_length if "Content-Encoding" not in resp.headers else None
+        )
+
+    async def chunks(self, size: int) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.content.iter_chunked(size):
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise translate(exc, self._what) from exc
+
+
+async def finish_exchange(
+    exchange: asyncio.Future[T],
+    report: Callable[[asyncio.Future[T]], None],
+    left: Callable[[], bool] = lambda: True,
+) -> T:
+    """Await ``exchange``; if the caller is cancelled after it ``left()``, finish it first.
+
+    Cancelled before the request left, the exchange is cancelled too (nothing is sent).
+    Cancelled after, the first cancellation waits for the exchange (bounded by the
+    request timeouts), so its outcome is ``report``-ed before the cancellation goes on;
+    a second one stops waiting, and the outcome is reported in the background.
+    """
+    try:
+        return await asyncio.shield(exchange)
+    except asyncio.CancelledError:
+        if not left():
+            exchange.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await exchange
+            if not left():
+                raise
+        reported = False
+
+        def once(done: asyncio.Future[T]) -> None:
+            nonlocal reported
+            if not reported:
+                reported = True
+                report(done)
+
+        exchange.add_done_callback(once)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.shield(exchange)
+        if exchange.done():
+            once(exchange)
+        raise
 
 
 class Transport:
@@ -99,8 +221,14 @@ class Transport:
         self._timeout = aiohttp.ClientTimeout(
             total=timeouts.total, connect=timeouts.connect, sock_read=timeouts.read
         )
+        # Uploads and downloads of big files can be long: bound connect and each read
+        # (a stall), not the whole transfer.
+        self._long_timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeouts.connect, sock_read=timeouts.read
+        )
         # Built once: requests are hot, and the key never needs formatting again.
         self._auth_headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
+        self._anon_headers = {"User-Agent": USER_AGENT}  # public result URLs get no key
         self._sleep = sleep
         self._rand = rand
         self._wall_clock = wall_clock
@@ -116,10 +244,14 @@ class Transport:
     def __repr__(self) -> str:
         return f"<Transport {self.base_url}>"
 
+    def now(self) -> float:
+        """Wall-clock seconds (for Retry-After dates)."""
+        return self._wall_clock()
+
     @property
     def session(self) -> aiohttp.ClientSession:
         if self.closed:
-            raise KieError("the client is closed")
+            raise ClientClosedError("the client is closed")
         if self._session is None:
             # No session-wide headers: every request sends its own (merging costs CPU).
             self._session = aiohttp.ClientSession(
@@ -133,6 +265,12 @@ class Transport:
             await self._session.close()
         self._session = None
 
+    async def _wait_turn(self) -> None:
+        """The client's request-rate cap: wait for this request's slot."""
+        delay = self._gate.reserve()
+        if delay > 0:
+            await self._sleep(delay)
+
     async def send(
         self,
         method: str,
@@ -140,33 +278,53 @@ class Transport:
         *,
         params: Mapping[str, str] | None = None,
         json: Any = None,
-        data: Any = None,
-        http_timeout: aiohttp.ClientTimeout | None = None,
+        multipart: Multipart | None = None,
+        long: bool = False,
+        before_leaving: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[int, str | None, bytes]:
         """One HTTP exchange under the client's caps: (status, Retry-After, body).
 
-        ``data`` is passed to aiohttp as is (a ``FormData`` for multipart uploads);
-        ``http_timeout`` replaces the per-request timeouts (uploads have no total limit).
+        ``multipart`` is sent as multipart/form-data (uploads); ``long`` drops the total
+        time limit (big transfers) but keeps the connect and per-read ones.
+        ``before_leaving()`` is awaited once the request holds its caps, just before
+        it is handed to aiohttp.
         """
-        delay = self._gate.reserve()
-        if delay > 0:
-            await self._sleep(delay)
+        session = self.session
+        await self._wait_turn()
         async with self._in_flight:
+            if before_leaving is not None:
+                await before_leaving()
             self.requests_sent += 1
             try:
-                async with self.session.request(
+                async with session.request(
                     method,
                     url,
                     params=params,
                     json=json,
-                    data=data,
+                    data=multipart.form() if multipart is not None else None,
                     headers=self._auth_headers,
-                    timeout=http_timeout or self._timeout,
+                    timeout=self._long_timeout if long else self._timeout,
                 ) as resp:
                     body = await resp.read()
                     return resp.status, resp.headers.get("Retry-After"), body
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise translate(exc, f"{method} {url.split('?')[0]}") from exc
+
+    @contextlib.asynccontextmanager
+    async def stream(self, url: str) -> AsyncIterator[Stream]:
+        """GET a public URL without the API key, under the client's caps; stream its body."""
+        session = self.session
+        what = f"GET {url.split('?')[0]}"
+        await self._wait_turn()
+        async with self._in_flight:
+            self.requests_sent += 1
+            try:
+                async with session.get(
+                    url, headers=self._anon_headers, timeout=self._long_timeout
+                ) as resp:
+                    yield Stream(resp, what)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise translate(exc, what) from exc
 
     async def call(
         self, method: str, url: str, *, params: Mapping[str, str] | None = None, json: Any = None
@@ -191,63 +349,143 @@ class Transport:
     async def retrying(
         self,
         op: Callable[[], Awaitable[T]],
-        retryable: tuple[type[Exception], ...] = RETRYABLE_READ,
+        retryable: Retryable = RETRYABLE_READ,
         *,
         attempts: int | None = None,
         min_delay: float = 0.0,
         what: str = "request",
     ) -> T:
-        """``op()`` retried on ``retryable`` errors with the client's backoff; the last one raised.
+        """``op()`` retried while ``retryable`` allows, with the client's backoff; the last raised.
 
-        The one retry loop for everything safe to repeat (polls, credits, uploads,
-        downloads). Submits are not: see ``submit``.
+        The one retry loop for every request: polls, credits, uploads, downloads (with
+        exception types) and submits (with ``submit_may_retry``).
         """
+        may_retry: Callable[[Exception], bool] = (
+            retryable if callable(retryable) else lambda exc: isinstance(exc, retryable)
+        )
         limit = attempts or self._retry.attempts
         attempt = 1
         while True:
             try:
                 return await op()
-            except retryable as exc:
-                if attempt >= limit:
+            except Exception as exc:
+                if attempt >= limit or not may_retry(exc):
                     raise
                 delay = max(min_delay, retry_delay(exc, attempt, self._retry, self._rand()))
                 log.debug("%s failed (%s); retry %d in %.2fs", what, exc, attempt, delay)
                 await self._sleep(delay)
                 attempt += 1
 
-    async def pace_submit(self) -> None:
-        """Wait for a free slot in Kie's creation limit (reserving it)."""
+    async def pace_submit(self) -> float:
+        """Wait for a free slot in Kie's creation limit; the slot's time (see ``release``).
+
+        Cancelled while waiting, it gives the slot back: nothing was sent.
+        """
         now = time.monotonic()
         delay = self._submit_window.delay(now)
-        self._submit_window.record(now + delay)
+        slot = now + delay
+        self._submit_window.record(slot)
         if delay > 0:
-            await self._sleep(delay)
-
-    async def submit(self, path: str, payload: dict[str, Any], request: object) -> str:
-        """POST a creation; retried only when the server certainly created nothing."""
-        url = self.base_url + path
-        attempt = 1
-        while True:
-            await self.pace_submit()
             try:
-                status, retry_after, body = await self.send("POST", url, json=payload)
-            except TransportError as exc:
-                if exc.sent:
-                    raise SubmitOutcomeUnknown(request, str(exc)) from exc
-                error: Exception = exc
-            else:
-                try:
-                    data = parse_envelope(
-                        status, body, retry_after=retry_after, now=self._wall_clock()
-                    )
-                    return parse_submit(data)
-                except RETRYABLE_SUBMIT as exc:
-                    error = exc
-                except ProtocolError as exc:
-                    if status < 400:  # a 2xx reply we cannot read: the task may exist
-                        raise SubmitOutcomeUnknown(request, str(exc)) from exc
-                    raise
-            if attempt >= self._retry.attempts:
-                raise error
-            await self._sleep(retry_delay(error, attempt, self._retry, self._rand()))
-            attempt += 1
+                await self._sleep(delay)
+            except BaseException:
+                self._submit_window.release(slot)
+                raise
+        return slot
+
+    async def submit(
+        self,
+        path: str,
+        payload: dict[str, Any],
+        request: object,
+        *,
+        key: str | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+        on_orphan: OnOrphan | None = None,
+        on_sent: Callable[[asyncio.Future[str]], None] | None = None,
+    ) -> str:
+        """POST a creation; the task id. Retried only when the server certainly created nothing.
+
+        Each attempt waits for a creation slot and the client's request caps, then
+        awaits ``before_send()`` (the batch journals its intent there), then sends;
+        ``on_sent(exchange)`` sees the exchange (done when its reply is handled).
+        Cancelled before the POST left, nothing is sent and the slot is given back;
+        after, the exchange is finished first and its outcome goes to ``on_orphan``.
+        """
+        url = self.base_url + path
+
+        report = _orphan_reporter(request, key, on_orphan)
+
+        async def attempt() -> str:
+            slot = await self.pace_submit()
+            left = False
+
+            async def leave() -> None:
+                nonlocal left
+                if before_send is not None:
+                    await before_send()
+                left = True  # synchronously followed by the request itself
+
+            exchange = asyncio.ensure_future(
+                self._submit_once(url, payload, request, key, leave, lambda: left)
+            )
+            if on_sent is not None:
+                on_sent(exchange)
+            try:
+                return await finish_exchange(exchange, report, lambda: left)
+            except BaseException:
+                if not left:
+                    self._submit_window.release(slot)  # nothing was sent
+                raise
+
+        return await self.retrying(attempt, submit_may_retry, what=f"POST {path}")
+
+    async def _submit_once(
+        self,
+        url: str,
+        payload: dict[str, Any],
+        request: object,
+        key: str | None,
+        leave: Callable[[], Awaitable[None]],
+        left: Callable[[], bool],
+    ) -> str:
+        """One submit exchange: the task id, a not-created error, or ``SubmitOutcomeUnknown``.
+
+        An error before the request left (``left()`` still False) is raised as is.
+        """
+        try:
+            status, retry_after, body = await self.send(
+                "POST", url, json=payload, before_leaving=leave
+            )
+            data = parse_envelope(status, body, retry_after=retry_after, now=self._wall_clock())
+            return parse_submit(data)
+        except Exception as exc:
+            if not left() or certainly_not_created(exc):
+                raise
+            raise SubmitOutcomeUnknown(request, str(exc), key=key) from exc
+
+
+def _orphan_reporter(
+    request: object, key: str | None, on_orphan: OnOrphan | None
+) -> Callable[[asyncio.Future[str]], None]:
+    """What to do with the outcome of an exchange whose caller was cancelled."""
+
+    def report(done: asyncio.Future[str]) -> None:
+        if done.cancelled():
+            return
+        error = done.exception()
+        if error is None:
+            orphan = OrphanedSubmit(request, key, done.result())
+        elif isinstance(error, Exception):
+            orphan = OrphanedSubmit(request, key, None, error)
+        else:
+            return
+        if orphan.maybe_created:
+            log.warning(
+                "a submit finished after its caller was cancelled: %s",
+                f"task {orphan.task_id}" if orphan.task_id else f"outcome unknown (key {key})",
+            )
+        if on_orphan is not None:
+            on_orphan(orphan)
+
+    return report

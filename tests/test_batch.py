@@ -12,14 +12,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_asyncio
 from conftest import FAST_POLL, FAST_RETRY, TEST_API_KEY
 
 from kiemashup import (
     APIError,
     BatchItem,
-    JournalMismatchError,
     MashupClient,
     MashupRequest,
     RateLimits,
@@ -136,15 +134,20 @@ async def test_journal_replays_finished_items_without_io(
     assert server.creations == 4
 
 
-async def test_journal_mismatch_is_a_clear_error(client: MashupClient, tmp_path: Path) -> None:
-    """Changing an item's request between runs raises JournalMismatchError naming the item."""
+async def test_reordered_input_resumes_from_the_journal(
+    server: FakeKieServer, client: MashupClient, tmp_path: Path
+) -> None:
+    """Items are matched by content and occurrence: a reordered or grown input resumes."""
     journal = tmp_path / "run.journal"
-    await collect(client.run_batch(map(item_request, range(2)), journal=journal))
-    changed = [item_request(0), MashupRequest(URLS, prompt="something else")]
-    with pytest.raises(JournalMismatchError) as info:
-        await collect(client.run_batch(changed, journal=journal))
-    assert info.value.index == 1
-    assert isinstance(info.value, ValueError)
+    first = [item_request(0), item_request(1), item_request(0)]  # item 0 twice: two tasks
+    done = await collect(client.run_batch(first, journal=journal))
+    assert server.creations == 3
+    again = [item_request(2), item_request(0), item_request(1), item_request(0)]
+    items = await collect(client.run_batch(again, journal=journal))
+    assert server.creations == 4  # only the new request was paid for
+    replayed = {item.index: item.task_id for item in items if item.from_journal}
+    assert sorted(replayed) == [1, 2, 3]
+    assert set(replayed.values()) == {item.task_id for item in done}
 
 
 async def test_unknown_submits_are_not_resubmitted_unless_asked(
@@ -199,11 +202,14 @@ class InstantClient:
         self.submits = 0
         self.peak_tasks = 0
 
-    async def submit(self, _request: MashupRequest) -> TaskHandle:
+    async def _submit_tracked(self, _request: MashupRequest, **_hooks: Any) -> TaskHandle:
         self.submits += 1
         self.peak_tasks = max(self.peak_tasks, len(asyncio.all_tasks()))
         await asyncio.sleep(0)
         return self.task(f"t{self.submits}")
+
+    async def recover(self, error: SubmitOutcomeUnknown) -> TaskHandle:
+        raise error
 
     def task(self, task_id: str) -> TaskHandle:
         state = TaskState(task_id, 0.0)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from kiemashup import (
@@ -46,7 +49,8 @@ async def test_upload_path_streams_multipart(
     song.write_bytes(MP3)
     url = await client.upload(song)
     assert url.startswith(fake_server.url)
-    assert url.endswith("/song.mp3")
+    assert url.rsplit("/", 1)[1].startswith("song-")
+    assert url.endswith(".mp3")
     assert stored(fake_server, url) == MP3
     [request] = [r for r in fake_server.requests if r.endpoint == "upload"]
     assert request.path == "/api/file-stream-upload"
@@ -294,3 +298,118 @@ async def test_download_verifies_content_length(tmp_path: Path) -> None:
     finally:
         await runner.cleanup()
     assert os.listdir(tmp_path) == []
+
+
+# --- issue 10: names from content, no silent overwrite, byte-bounded names, modes -----------
+
+
+async def test_same_basename_different_content_never_share_a_url(
+    client: MashupClient, fake_server: FakeKieServer, tmp_path: Path
+) -> None:
+    """Two different files both called song.mp3 get two URLs; identical content shares one."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    first, second, same = (tmp_path / d / "song.mp3" for d in "abc")
+    first.write_bytes(MP3)
+    second.write_bytes(MP3 + b"\x01")
+    same.write_bytes(MP3)
+    urls = [await client.upload(path) for path in (first, second, same)]
+    assert urls[0] != urls[1]
+    assert urls[0] == urls[2]
+    assert stored(fake_server, urls[0]) == MP3
+    assert stored(fake_server, urls[1]) == MP3 + b"\x01"
+
+
+async def test_upload_of_a_fifo_is_refused_without_blocking(
+    client: MashupClient, tmp_path: Path
+) -> None:
+    """A named pipe with no writer is a FileValidationError at once, not a hang."""
+    fifo = tmp_path / "song.mp3"
+    os.mkfifo(fifo)
+    with pytest.raises(FileValidationError) as info:
+        async with asyncio.timeout(5):
+            await client.upload(fifo)
+    assert "not a regular file" in info.value.reason
+
+
+async def test_download_never_silently_overwrites(
+    client: MashupClient, fake_server: FakeKieServer, mashup_request: Any, tmp_path: Path
+) -> None:
+    """Downloading onto an existing file: DownloadError naming it; overwrite=True replaces it."""
+    track = await audio_url(client, mashup_request)
+    target = tmp_path / "mine.mp3"
+    target.write_bytes(b"keep me")
+    with pytest.raises(DownloadError) as info:
+        await client.download(track, target)
+    assert info.value.path == target
+    assert "already exists" in info.value.reason
+    assert target.read_bytes() == b"keep me"
+    path = await client.download(track, target, overwrite=True)
+    assert path.stat().st_size == fake_server.audio_bytes
+    assert sorted(os.listdir(tmp_path)) == ["mine.mp3"]  # no temporary file left
+
+
+async def test_missing_folder_is_created_and_long_titles_fit_in_bytes(
+    client: MashupClient, fake_server: FakeKieServer, mashup_request: Any, tmp_path: Path
+) -> None:
+    """A missing DIR is a folder (two tracks, two files); a 100-char CJK title fits in 255 bytes."""
+    snapshot = await (await client.submit(mashup_request)).wait()
+    folder = tmp_path / "DIR"
+    paths = [await client.download(track, folder) for track in snapshot.tracks]
+    assert len({p.name for p in paths}) == 2
+    assert all(p.parent == folder for p in paths)
+    long = attrs.evolve(snapshot.tracks[0], title="夜の曲" * 34)
+    path = await client.download(long, folder)
+    assert len(path.name.encode()) <= 255
+    assert path.stat().st_size == fake_server.audio_bytes
+
+
+async def test_downloaded_files_get_the_usual_mode(
+    client: MashupClient, mashup_request: Any, tmp_path: Path
+) -> None:
+    """A downloaded file has mode 0666 minus the umask (0644 under umask 022), not 0600."""
+    track = await audio_url(client, mashup_request)
+    old = os.umask(0o022)
+    try:
+        path = await client.download(track, tmp_path)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+async def test_download_honours_retry_after_and_counts_requests(tmp_path: Path) -> None:
+    """A CDN 429 with Retry-After goes through the transport seam: retried, counted, typed."""
+    from aiohttp import web
+
+    hits = 0
+
+    async def audio(_request: web.Request) -> web.StreamResponse:
+        nonlocal hits
+        hits += 1
+        if hits == 1:
+            return web.Response(status=429, headers={"Retry-After": "0"})
+        return web.Response(body=MP3, content_type="audio/mpeg")
+
+    app = web.Application()
+    app.router.add_get("/a.mp3", audio)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/a.mp3"
+    try:
+        from kiemashup import ClientClosedError, RetryPolicy
+
+        client = MashupClient(
+            "k", base_url="http://127.0.0.1:9", retry_policy=RetryPolicy(attempts=2, base=5.0)
+        )
+        async with client:
+            async with asyncio.timeout(4):  # base=5 s: only Retry-After: 0 makes this fast
+                path = await client.download(url, tmp_path)
+            assert path.read_bytes() == MP3
+            assert client.requests_sent == 2
+        with pytest.raises(ClientClosedError):
+            await client.download(url, tmp_path / "again.mp3")
+    finally:
+        await runner.cleanup()
+    assert hits == 2

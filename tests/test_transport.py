@@ -439,28 +439,56 @@ async def test_submit_unreadable_2xx_reply_is_outcome_unknown(
 @pytest.mark.parametrize(
     ("reply", "error"),
     [
-        ({"status": 500, "body": "boom", "content_type": "text/plain"}, ServerError),
-        ({"payload": {"code": 500, "msg": "server error", "data": None}}, ServerError),
-        ({"status": 503, "payload": {"code": 503, "msg": "down", "data": None}}, ServerError),
         ({"payload": {"code": 401, "msg": "bad key", "data": None}}, AuthenticationError),
         ({"payload": {"code": 402, "msg": "no credits", "data": None}}, InsufficientCreditsError),
         ({"payload": {"code": 422, "msg": "bad field", "data": None}}, APIError),
+        ({"status": 400, "body": "", "content_type": "text/plain"}, APIError),
     ],
-    ids=["http 500", "body 500", "http 503", "401", "402", "422"],
+    ids=["401", "402", "422", "http 400"],
 )
-async def test_submit_other_errors_are_not_retried(
+async def test_submit_refusals_are_raised_as_is_after_one_post(
     transport: Transport,
     mocked: Any,
     request_: MashupRequest,
     reply: dict[str, Any],
     error: type[APIError],
 ) -> None:
-    """A submit answered with 5xx, 401, 402 or 422 raises that error after exactly one POST."""
+    """A submit answered with a 4xx refusal raises that error after exactly one POST."""
     mocked.post(SUBMIT_URL, **reply)
     mocked.post(SUBMIT_URL, payload=ok({"taskId": "would-be-a-duplicate"}))
     with pytest.raises(error) as info:
         await submit(transport, request_)
     assert type(info.value) is error
+    assert sent(mocked, "POST", SUBMIT_URL) == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "cause"),
+    [
+        ({"status": 500, "body": "boom", "content_type": "text/plain"}, ServerError),
+        ({"status": 504, "body": "", "content_type": "text/html"}, ServerError),
+        ({"payload": {"code": 500, "msg": "server error", "data": None}}, ServerError),
+        ({"status": 503, "payload": {"code": 503, "msg": "down", "data": None}}, ServerError),
+        ({"status": 502, "payload": {"code": 422, "msg": "odd", "data": None}}, APIError),
+        ({"body": "[" * 100_000, "content_type": "application/json"}, ProtocolError),
+    ],
+    ids=["http 500", "gateway 504", "body 500", "http 503", "4xx body in a 5xx", "deep nesting"],
+)
+async def test_submit_5xx_or_unreadable_reply_is_outcome_unknown(
+    transport: Transport,
+    mocked: Any,
+    request_: MashupRequest,
+    reply: dict[str, Any],
+    cause: type[Exception],
+) -> None:
+    """Any 5xx (HTTP or body code) or a reply too nested to parse: SubmitOutcomeUnknown, 1 POST."""
+    mocked.post(SUBMIT_URL, **reply)
+    mocked.post(SUBMIT_URL, payload=ok({"taskId": "would-be-a-duplicate"}))
+    with pytest.raises(SubmitOutcomeUnknown) as info:
+        await transport.submit(SUBMIT_PATH, request_.to_payload(), request_, key="k-1")
+    assert info.value.request is request_
+    assert info.value.key == "k-1"
+    assert isinstance(info.value.__cause__, cause)
     assert sent(mocked, "POST", SUBMIT_URL) == 1
 
 

@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+import attrs
+
 from kiemashup._batch import BatchItem
 from kiemashup._cli.common import (
     EXIT_API,
@@ -23,8 +25,8 @@ from kiemashup._cli.common import (
     read_environment,
 )
 from kiemashup._cli.display import FINISHED, Display
-from kiemashup._cli.files import save_tracks
-from kiemashup._core.errors import RequestValidationError, SubmitOutcomeUnknown
+from kiemashup._cli.files import check_out_folder, save_tracks
+from kiemashup._core.errors import KieError, RequestValidationError, SubmitOutcomeUnknown
 from kiemashup._core.models import Stage
 from kiemashup._core.request import MashupRequest
 
@@ -105,6 +107,8 @@ def _item_code(item: BatchItem) -> int:
 async def batch_cmd(args: argparse.Namespace) -> int:
     requests = read_batch_file(args.file)
     config = read_environment()
+    if args.out:
+        check_out_folder(args.out)
     display = Display(
         sys.stderr,
         [f"item {i}" for i in range(len(requests))],
@@ -128,12 +132,16 @@ async def batch_cmd(args: argparse.Namespace) -> int:
             stage=Stage[args.stage.upper()],
             on_progress=progress,
         )
-        async for item in batch:
-            files = []
-            if args.out and item.ok and item.snapshot is not None:
-                files = await save_tracks(client, item.snapshot, args.out)
-            display.set(item.index, *_outcome(item))
-            rows.append(_row(item, files))
+        async with batch as items:  # leaving (Ctrl-C, an error) stops all submitting
+            async for item in items:
+                files = []
+                if args.out and item.ok and item.snapshot is not None:
+                    try:
+                        files = await save_tracks(client, item.snapshot, args.out)
+                    except KieError as exc:  # a failed download is this item's result
+                        item = attrs.evolve(item, error=exc)
+                display.set(item.index, *_outcome(item))
+                rows.append(_row(item, files))
     rows.sort(key=lambda row: row["index"])
     codes = {row["exit"] for row in rows}
     code = next((c for c in (EXIT_UNKNOWN, EXIT_API, EXIT_USAGE, EXIT_FAILED) if c in codes), 0)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
+import tempfile
 from typing import Any
 from urllib.parse import urlsplit
 
 from kiemashup._cli.common import EXIT_FAILED, EXIT_OK, UsageError, make_client, read_environment
 from kiemashup._client import MashupClient
 from kiemashup._core.errors import TaskFailedError
+from kiemashup._core.filenames import track_file_name
 from kiemashup._core.models import TaskSnapshot
 from kiemashup._core.request import is_http_url
 
@@ -39,9 +42,27 @@ def check_source(source: str) -> None:
 
 
 async def save_tracks(client: MashupClient, snapshot: TaskSnapshot, folder: str) -> list[str]:
-    """Download every playable track of ``snapshot`` into ``folder``; the paths."""
+    """Save the playable tracks in ``folder``; a track saved before (a rerun) is not fetched."""
     folder = os.path.join(folder, "")  # a trailing separator: always a folder, created if missing
-    return [str(await client.download(t, folder)) for t in snapshot.playable_tracks]
+    files = []
+    for track in snapshot.playable_tracks:
+        assert track.audio_url is not None
+        saved = os.path.join(folder, track_file_name(track.title, track.id, track.audio_url))
+        # Downloads never leave partial files under the final name: one there is complete.
+        if not await asyncio.to_thread(os.path.isfile, saved):
+            saved = str(await client.download(track, folder))
+        files.append(saved)
+    return files
+
+
+def check_out_folder(folder: str) -> None:
+    """Refuse a folder that cannot take downloads, before anything is paid for."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--out {folder}: {exc.strerror or exc}") from None
 
 
 async def upload_cmd(args: argparse.Namespace) -> int:

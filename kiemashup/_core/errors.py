@@ -13,11 +13,11 @@ KieError
 │   └── UploadError                the upload host refused a file (``success: false``, other codes)
 ├── ProtocolError         the API sent something that cannot be understood
 ├── CallbackRejected      bad signature, bad JSON, oversized body  (.reason, .http_status)
-├── SubmitOutcomeUnknown  the submit may or may not have been created  (.request)
+├── SubmitOutcomeUnknown  the submit may or may not have been created  (.request, .key)
 ├── TaskFailedError       .snapshot (status, error_code, error_message)
 ├── FileValidationError (also ValueError)  a local file or URL unfit to upload  (.path, .reason)
-├── DownloadError         a download failed for good  (.url, .reason, .http_status)
-├── JournalError          a batch journal is unusable  (.path, .reason)
+├── DownloadError         a download failed for good  (.url, .reason, .http_status, .path)
+├── JournalError          a batch journal is unusable  (.path, .reason, .task_id)
 │   └── JournalMismatchError (also ValueError)  the input changed since the journal  (.index)
 └── ClientClosedError     the client was closed while a call waited
 ```
@@ -124,15 +124,18 @@ class CallbackRejected(KieError):
 
 
 class SubmitOutcomeUnknown(KieError):
-    """The submit was sent but no reply came: the task may or may not exist.
+    """The submit was sent but no usable reply came: the task may or may not exist.
 
     kiemashup never sends the same submit twice on its own, because a second
-    POST could cost credits twice. ``request`` is the request that was sent.
+    POST could cost credits twice. ``request`` is the request that was sent;
+    ``key`` names this one submit (it rides in the ``callBackUrl`` when the client
+    has a receiver, so ``client.recover(exc)`` can find the task it created).
     """
 
-    def __init__(self, request: object, reason: str) -> None:
+    def __init__(self, request: object, reason: str, *, key: str | None = None) -> None:
         self.request = request
         self.reason = reason
+        self.key = key
         super().__init__(f"submit outcome unknown ({reason}); not retried to avoid paying twice")
 
 
@@ -167,20 +170,34 @@ class DownloadError(KieError):
     transient cause is kept as ``__cause__``.
     """
 
-    def __init__(self, url: str, reason: str, *, http_status: int | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        reason: str,
+        *,
+        http_status: int | None = None,
+        path: object | None = None,
+    ) -> None:
         self.url = url
         self.reason = reason
         self.http_status = http_status
+        self.path = path  # the destination, when the failure is about it (exists, unwritable)
         super().__init__(f"download of {url.split('?')[0]} failed: {reason}")
 
 
 class JournalError(KieError):
-    """A batch journal cannot be used (corrupt, locked by another run, not a journal)."""
+    """A batch journal cannot be used (unreadable, unwritable, locked, not a journal).
 
-    def __init__(self, path: object, reason: str) -> None:
+    ``task_id`` is set when a task had been created but its record could not be
+    written: note it, it is the only place that id is left.
+    """
+
+    def __init__(self, path: object, reason: str, *, task_id: str | None = None) -> None:
         self.path = path
         self.reason = reason
-        super().__init__(f"journal {path}: {reason}")
+        self.task_id = task_id
+        created = f" (task {task_id} was created: note its id)" if task_id else ""
+        super().__init__(f"journal {path}: {reason}{created}")
 
 
 class JournalMismatchError(JournalError, ValueError):

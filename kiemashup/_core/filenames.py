@@ -37,7 +37,7 @@ _WINDOWS_RESERVED = frozenset(
         *(f"lpt{i}" for i in range(10)),
     }
 )
-NAME_MAX = 120
+NAME_MAX = 120  # bytes of UTF-8: file systems limit names in bytes (255), not characters
 
 
 def sniff_audio(head: bytes) -> str | None:
@@ -93,12 +93,33 @@ def default_upload_name(head: bytes, digest: str) -> str:
     return f"upload-{digest[:16]}{ext}"
 
 
+def content_upload_name(name: str, digest: str) -> str:
+    """``"<stem>-<digest16><ext>"``: a local file's upload name, unique to its content.
+
+    Two different files called ``song.mp3`` (in different folders) must not share a
+    URL on the upload host, so the name carries a digest of the bytes.
+    """
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    ext = extension_of(base)
+    stem = base[: len(base) - len(ext)] if ext else base
+    ext = ext if ext in AUDIO_EXTENSIONS else ""
+    return f"{safe_component(stem, fallback='upload')}-{digest[:16]}{ext}"
+
+
+def truncate_bytes(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "ignore")
+
+
 def safe_component(text: str, *, fallback: str = "track") -> str:
     """``text`` made safe as one file name component: no separators, no traversal, bounded."""
     text = unicodedata.normalize("NFKC", text)
     text = _UNSAFE.sub("_", text)
     text = _SPACES.sub(" ", text).strip(" ._")
-    text = text[:NAME_MAX].rstrip(" ._")
+    text = truncate_bytes(text, NAME_MAX).rstrip(" ._")
     if not text or text.split(".")[0].lower() in _WINDOWS_RESERVED:
         text = f"{fallback}_{text}" if text else fallback
     return text

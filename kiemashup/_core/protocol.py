@@ -16,11 +16,13 @@ from typing import Any
 from kiemashup._core.errors import (
     APIError,
     AuthenticationError,
+    ClientClosedError,
     InsufficientCreditsError,
     ProtocolError,
     RateLimitError,
     ServerError,
     ServiceUnavailableError,
+    TransportError,
     UploadError,
 )
 from kiemashup._core.models import TaskSnapshot
@@ -94,7 +96,7 @@ def parse_envelope(
     wait = parse_retry_after(retry_after, now)
     try:
         decoded = json.loads(body) if body else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         decoded = None
     envelope: dict[str, Any] = decoded if isinstance(decoded, dict) else {}
     code = envelope.get("code")
@@ -121,6 +123,37 @@ def parse_submit(data: Any) -> str:
     if not isinstance(task_id, str) or not task_id:
         raise ProtocolError("submit reply has no taskId")
     return task_id
+
+
+# --- what counts as created ----------------------------------------------------------------
+#
+# A submit costs credits, so the SDK must know whether a failed one created a task.
+# It is *certainly not created* only when Kie said so or the request never left:
+#   - a 429 (rate limit) or 455 (maintenance) reply,
+#   - any other 4xx reply (validation, auth, credits...) that is not wrapped in a 5xx,
+#   - a connection that never opened (``TransportError.sent`` is False), or a client
+#     closed before the request left (``ClientClosedError``).
+# Everything else after the request left -- a timeout, a reset, any 5xx (HTTP status or
+# body code), an unreadable 2xx, a reply too deeply nested to parse -- may have created
+# the task: the outcome is unknown and the submit is never repeated behind the caller.
+
+
+def certainly_not_created(error: BaseException) -> bool:
+    """True when a failed submit provably created no task (see the rule above)."""
+    if isinstance(error, TransportError):
+        return not error.sent
+    if isinstance(error, RateLimitError | ServiceUnavailableError | ClientClosedError):
+        return True
+    if isinstance(error, APIError) and not isinstance(error, ServerError):
+        return 400 <= error.code <= 499 and error.http_status < 500
+    return False
+
+
+def submit_may_retry(error: BaseException) -> bool:
+    """A failed submit worth sending again: nothing was created and the cause is passing."""
+    if isinstance(error, TransportError):
+        return not error.sent
+    return isinstance(error, RateLimitError | ServiceUnavailableError)
 
 
 def parse_credits(data: Any) -> int:
@@ -162,6 +195,32 @@ def parse_record_info(data: Any, *, task_id: str | None = None) -> TaskSnapshot:
         error_code=optional_int(data.get("errorCode")),
         error_message=optional_str(data.get("errorMessage")),
     )
+
+
+def record_info_callback_url(data: Any) -> str | None:
+    """The ``callBackUrl`` a task was submitted with, from record-info's ``param``.
+
+    ``param`` is the request echoed as a JSON *string* (KIE-API.md §2); an object is
+    accepted too. None when it is absent or unreadable.
+    """
+    param = data.get("param") if isinstance(data, dict) else None
+    if isinstance(param, str):
+        try:
+            param = json.loads(param)
+        except (ValueError, RecursionError):
+            return None
+    url = param.get("callBackUrl") if isinstance(param, dict) else None
+    return url if isinstance(url, str) else None
+
+
+def callback_url_key(url: str | None) -> str | None:
+    """The per-submit key a keyed ``callBackUrl`` ends with (``.../<token>/<key>``), or None."""
+    if not url:
+        return None
+    path = url.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    parts = path.split("/")
+    # scheme, "", host, token, key: a keyed URL has at least two path segments.
+    return parts[-1] if len(parts) >= 5 and parts[-1] else None
 
 
 def parse_upload_reply(

@@ -91,6 +91,21 @@ def _length_problem(field: str, value: object, limit: int, where: str) -> Proble
     return None
 
 
+def surrogate_problems(req: MashupRequest) -> list[Problem]:
+    """Text fields holding a lone surrogate (``"\\ud800"``): not Unicode, cannot be sent."""
+    problems = []
+    fields = [(name, getattr(req, name)) for name in ("prompt", "style", "title", "callback_url")]
+    if isinstance(req.upload_urls, tuple):
+        fields += [(f"upload_urls[{i}]", url) for i, url in enumerate(req.upload_urls)]
+    for name, value in fields:
+        if isinstance(value, str):
+            at = next((i for i, c in enumerate(value) if "\ud800" <= c <= "\udfff"), None)
+            if at is not None:
+                rule = "valid Unicode text (no lone surrogate)"
+                problems.append(Problem(name, rule, f"U+{ord(value[at]):04X} at position {at}"))
+    return problems
+
+
 def request_problems(req: MashupRequest) -> list[Problem]:
     """Every rule ``req`` breaks, in field order; empty when the request is valid."""
     problems = list(_common_problems(req))
@@ -101,6 +116,7 @@ def request_problems(req: MashupRequest) -> list[Problem]:
         problems.extend(_non_custom_problems(req))
     if req.callback_url is not None and not is_http_url(req.callback_url):
         problems.append(Problem("callback_url", "an http(s) URL", _describe(req.callback_url)))
+    problems += surrogate_problems(req)
     return problems
 
 
@@ -178,7 +194,9 @@ def _non_custom_problems(req: MashupRequest) -> Iterator[Problem]:
         yield p
     for name in _CUSTOM_ONLY:
         value = getattr(req, name)
-        if value is not None:
+        # KIE-API.md §1.2 says to leave these empty in non-custom mode: "" is empty too,
+        # and what other clients send.
+        if value is not None and value != "":
             yield Problem(name, "only applies in custom mode (custom_mode=True)", _describe(value))
 
 

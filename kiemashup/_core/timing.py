@@ -66,3 +66,8 @@ class SlidingWindow:
 
     def record(self, now: float) -> None:
         self._times.append(now)
+
+    def release(self, when: float) -> None:
+        """Give back a slot recorded at ``when`` that was never used (its sender gave up)."""
+        if when in self._times:  # else it already left the window
+            self._times.remove(when)
