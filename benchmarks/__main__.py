@@ -1,6 +1,6 @@
 """``python -m benchmarks [--quick] [--write-docs]``: run the suite and print the table.
 
-Quick mode (≤ 60 s on 2 cores) exits 1 only when a ratio against the same-run
+Quick mode (under 2 minutes on 2 cores) exits 1 only when a ratio against the same-run
 baseline passes its gate (``Figure.gate``); absolute times never fail it.
 """
 
@@ -52,7 +52,7 @@ def write_docs(text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="smaller N, ≤ 60 s; gates ratios")
+    parser.add_argument("--quick", action="store_true", help="smaller N, under 2 min; gates ratios")
     parser.add_argument("--only", action="append", choices=MODULES, help="run only these")
     parser.add_argument(
         "--write-docs", action="store_true", help="put the table in docs/performance.md"

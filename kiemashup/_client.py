@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import weakref
@@ -38,11 +39,31 @@ from kiemashup._transport import OnOrphan, OrphanedSubmit, Transport, new_submit
 if TYPE_CHECKING:  # the session is only passed through to the transport
     import aiohttp
 
+log = logging.getLogger("kiemashup.client")
+
 DEFAULT_BASE_URL = "https://api.kie.ai"
 DEFAULT_UPLOAD_BASE_URL = "https://kieai.redpandaai.co"
 EARLY_MAX = 10_000  # callbacks kept for unknown task ids, at most
 EARLY_TTL = 600.0  # seconds such a callback is kept
 KEYS_MAX = 10_000  # per-submit keys remembered from keyed callbacks, at most
+
+
+def redact_url(url: str | None) -> str:
+    """``url`` for a log line: scheme and host in full, path segments cut to 4 characters.
+
+    A callback URL carries a secret path token (``CallbackReceiver.url``); a log
+    names where callbacks should go without handing the token to whoever reads it.
+    """
+    if not url:
+        return "(no callback URL)"
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    host, _, path = rest.partition("/")
+    host = host.rpartition("@")[2]  # never user:password
+    path = path.split("?")[0].split("#")[0]
+    segments = [seg if len(seg) <= 4 else seg[:4] + "…" for seg in path.split("/") if seg]
+    return f"{scheme}{sep}{host}/" + "/".join(segments)
 
 
 class MashupClient:
@@ -107,8 +128,11 @@ class MashupClient:
             max_in_flight=self.rate_limits.max_in_flight,
             rand=rand,
             on_crash=self._fail_all,
+            on_overdue=self._callbacks_overdue,
+            on_recovered=self._callbacks_recovered,
         )
         self._hooks = Hooks(fetch=self._fetch, watch=self._watch, unwatch=self._scheduler.unwatch)
+        self._record_info_url = self.base_url + RECORD_INFO_PATH
         self._states: weakref.WeakValueDictionary[str, TaskState] = weakref.WeakValueDictionary()
         self._closed = False
         # Callbacks are trusted only once a poll confirms a final one (the signature
@@ -167,7 +191,7 @@ class MashupClient:
     def _state(self, task_id: str) -> TaskState:
         state = self._states.get(task_id)
         if state is None:
-            state = TaskState(task_id, self._now())
+            state = TaskState(task_id)
             self._states[task_id] = state
         return state
 
@@ -188,22 +212,44 @@ class MashupClient:
             # fail it the way aclose() fails the waits that were pending.
             state.fail_waiters(ClientClosedError("the client is closed"))
 
-    async def _fetch(self, state: TaskState) -> TaskSnapshot:
-        self._check_open()  # refresh() after aclose(): ClientClosedError, not a bare KieError
-        # One place enforces Kie's per-task poll limit, for scheduled polls and refresh().
-        loop = asyncio.get_running_loop()
-        wait = state.last_poll + self.poll_policy.min_interval - loop.time()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        state.last_poll = loop.time()
-        state.polls += 1
-        return await self._get_snapshot(state.task_id)
+    def _fetch(self, state: TaskState) -> Awaitable[TaskSnapshot]:
+        """One poll of ``state``'s task (retried), every attempt inside Kie's per-task limit.
 
-    async def _get_snapshot(self, task_id: str) -> TaskSnapshot:
-        data = await self._transport.get(
-            RECORD_INFO_PATH, {"taskId": task_id}, min_delay=self.poll_policy.min_interval
-        )
+        A plain function returning the coroutine: the poll path is hot, and every
+        coroutine layer costs CPU on each resumption.
+        """
+        self._check_open()  # refresh() after aclose(): ClientClosedError, not a bare KieError
+        return self._get_snapshot(state.task_id, state)
+
+    async def _get_snapshot(self, task_id: str, state: TaskState | None) -> TaskSnapshot:
+        """One record-info poll (retried); with ``state``, inside the task's per-task limit."""
+        url = self._record_info_url
+        params = {"taskId": task_id}
+        call = self._transport.call
+        if state is None:
+            data = await self._transport.retrying(
+                lambda: call("GET", url, params=params), what="GET record-info"
+            )
+        else:
+            paced = self._scheduler.paced
+            data = await self._transport.retrying(
+                lambda: paced(state, lambda: call("GET", url, params=params)),
+                what="GET record-info",
+            )
         return parse_record_info(data, task_id=task_id)
+
+    def _callbacks_overdue(self, state: TaskState) -> None:
+        url = redact_url(self.receiver.url if self.receiver is not None else self.callback_url)
+        log.warning(
+            "kiemashup: no callback came for task %s although it moved on; callbacks to %s "
+            "are not arriving (is the callback URL reachable from the internet?). Polling "
+            "every task whose callbacks are overdue until callbacks arrive again.",
+            state.task_id,
+            url,
+        )
+
+    def _callbacks_recovered(self) -> None:
+        log.info("kiemashup: callbacks are arriving again; polling is a safety net again")
 
     # --- public calls --------------------------------------------------------------------------
 
@@ -270,7 +316,7 @@ class MashupClient:
         state = self._state(task_id)
         state.offer(make_snapshot(task_id, "PENDING", source="submit"))
         if url != PLACEHOLDER_CALLBACK_URL:
-            state.last_callback = self._now()  # callbacks expected: poll only as a safety net
+            self._scheduler.expect_callbacks(state)  # polls are only a safety net
         self._drain_early(state)
         return TaskHandle(state, self._hooks)
 
@@ -298,9 +344,8 @@ class MashupClient:
             task_id = await self._next_claim(key, tried)
             tried.add(task_id)
             try:
-                data = await self._transport.get(
-                    RECORD_INFO_PATH, {"taskId": task_id}, min_delay=self.poll_policy.min_interval
-                )
+                # One confirming poll per claimed task id (a task new to this client).
+                data = await self._transport.get(RECORD_INFO_PATH, {"taskId": task_id})
             except APIError as exc:
                 if 400 <= exc.code < 500 and exc.code != 429:
                     continue  # no such task: a forged or mistaken callback
@@ -358,8 +403,8 @@ class MashupClient:
     async def get_task(self, task_id: str) -> TaskSnapshot:
         """One record-info call: the task's snapshot now."""
         self._check_open()
-        snapshot = await self._get_snapshot(task_id)
-        state = self._states.get(task_id)
+        state = self._states.get(task_id)  # a live task's polls share its per-task limit
+        snapshot = await self._get_snapshot(task_id, state)
         if state is not None:
             state.offer(snapshot)
         return snapshot
@@ -467,17 +512,15 @@ class MashupClient:
         if latest is not None and latest.is_terminal:
             return False  # duplicates and late deliveries change nothing
         if snapshot.is_terminal and self.confirm_callbacks:
-            # Until the poll agrees, poll at the normal cadence rather than as a safety net.
-            state.last_callback = None
-            self._scheduler.poll_now(state)
+            # Confirming polls go first; until one agrees, poll at the normal cadence.
+            self._scheduler.confirm(state)
             return False
         moved = state.offer(snapshot)
         if moved:
             # Only news restarts the grace clock: a duplicate or stale callback
             # (say, "first" re-sent every minute) must not postpone the safety-net poll
             # that rescues a task whose next callback was dropped.
-            state.last_callback = self._now()
-            self._scheduler.replan(state)
+            self._scheduler.callback_news(state)
         return moved
 
     def _keep_early(self, snapshot: TaskSnapshot) -> None:

@@ -19,37 +19,19 @@ from kiemashup._core.state import advance, reached
 
 
 class TaskState:
-    """The live view of one task: newest snapshot, waiters, and scheduling bookkeeping."""
+    """The live view of one task: its newest snapshot and its waiters.
 
-    __slots__ = (
-        "__weakref__",
-        "confirm",
-        "due",
-        "failures",
-        "first_seen",
-        "in_flight",
-        "last_callback",
-        "last_poll",
-        "latest",
-        "polls",
-        "task_id",
-        "waiters",
-        "watchers",
-    )
+    ``plan`` belongs to the poll scheduler (its private per-task plan: due time, in
+    flight, failures, last poll, callback news); nothing else reads or writes it.
+    """
 
-    def __init__(self, task_id: str, now: float) -> None:
+    __slots__ = ("__weakref__", "latest", "plan", "task_id", "waiters")
+
+    def __init__(self, task_id: str) -> None:
         self.task_id = task_id
         self.latest: TaskSnapshot | None = None
         self.waiters: list[tuple[asyncio.Future[TaskSnapshot], Stage]] = []
-        self.watchers = 0
-        self.due: float | None = None  # when the scheduler plans the next poll
-        self.in_flight = False
-        self.failures = 0
-        self.first_seen = now
-        self.last_poll = float("-inf")
-        self.last_callback: float | None = None
-        self.polls = 0
-        self.confirm = False  # a final callback awaits its confirming poll
+        self.plan: object | None = None
 
     def offer(self, snapshot: TaskSnapshot) -> bool:
         """Take ``snapshot`` if it moves the task forward; wake whoever it satisfies."""

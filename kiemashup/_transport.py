@@ -26,6 +26,7 @@ import attrs
 
 from kiemashup._core.errors import (
     ClientClosedError,
+    KieError,
     ProtocolError,
     RateLimitError,
     ServerError,
@@ -40,7 +41,7 @@ from kiemashup._core.protocol import (
     parse_submit,
     submit_may_retry,
 )
-from kiemashup._core.timing import SlidingWindow, retry_delay
+from kiemashup._core.timing import CreationWindow, RequestBudget, retry_delay
 
 log = logging.getLogger("kiemashup.transport")
 USER_AGENT = "kiemashup/0.1 (+https://pypi.org/project/kiemashup)"
@@ -56,25 +57,6 @@ def translate(exc: BaseException, what: str) -> TransportError:
     if isinstance(exc, TimeoutError):
         return TransportError(f"{what}: timed out waiting for the reply", sent=True)
     return TransportError(f"{what}: connection failed ({type(exc).__name__})", sent=True)
-
-
-class RateGate:
-    """Spaces requests at most ``rate`` per second, first come first served."""
-
-    __slots__ = ("_clock", "_interval", "_next", "_sleep")
-
-    def __init__(self, rate: float, clock: Callable[[], float], sleep: Sleep) -> None:
-        self._interval = 1.0 / rate
-        self._next = 0.0
-        self._clock = clock
-        self._sleep = sleep
-
-    def reserve(self) -> float:
-        """Take the next slot; the seconds to wait for it (synchronous: no coroutine per call)."""
-        now = self._clock()
-        slot = max(now, self._next)
-        self._next = slot + self._interval
-        return slot - now
 
 
 RETRYABLE_READ = (
@@ -212,6 +194,7 @@ class Transport:
         sleep: Sleep = asyncio.sleep,
         rand: Callable[[], float] = random.random,
         wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._session = session
@@ -232,12 +215,15 @@ class Transport:
         self._sleep = sleep
         self._rand = rand
         self._wall_clock = wall_clock
+        self._clock = clock  # monotonic: the request budget and the creation window
         self._in_flight = asyncio.Semaphore(limits.max_in_flight)
-        self._gate = RateGate(limits.requests_per_second, time.monotonic, sleep)
-        # A little slack over Kie's window: the server counts arrivals, we count sends.
-        self._submit_window = SlidingWindow(
-            limits.submits_per_window, limits.submit_window * 1.02 + 0.05
-        )
+        # The total request rate adapts to Kie's push-back (429/455 on API reads);
+        # requests_per_second, when set, is a fixed ceiling.
+        self.budget = RequestBudget(limits.requests_per_second)
+        # Kie's creation limit, counted by arrival with a margin (see CreationWindow).
+        self._creations = CreationWindow(limits.submits_per_window, limits.submit_window)
+        self._creation_lock = asyncio.Lock()  # submits take their places first come, first served
+        self._creation_news = asyncio.Event()
         self.requests_sent = 0
         self.closed = False
 
@@ -266,10 +252,19 @@ class Transport:
         self._session = None
 
     async def _wait_turn(self) -> None:
-        """The client's request-rate cap: wait for this request's slot."""
-        delay = self._gate.reserve()
-        if delay > 0:
+        """The client's request budget: wait for this request's slot."""
+        budget = self.budget
+        while True:  # a slot taken before the budget was cut is given up for a new one
+            cuts = budget.cuts
+            delay = budget.reserve(self._clock(), horizon=budget.window)
+            if delay <= 0:
+                return
+            if delay > budget.window:  # not taken: ask again once the rate may have grown
+                await self._sleep(budget.window)
+                continue
             await self._sleep(delay)
+            if budget.cuts == cuts:
+                return
 
     async def send(
         self,
@@ -329,22 +324,35 @@ class Transport:
     async def call(
         self, method: str, url: str, *, params: Mapping[str, str] | None = None, json: Any = None
     ) -> Any:
-        """One exchange, its envelope checked: the ``data`` or a typed error."""
-        status, retry_after, body = await self.send(method, url, params=params, json=json)
-        return parse_envelope(status, body, retry_after=retry_after, now=self._wall_clock())
+        """One exchange, its envelope checked: the ``data`` or a typed error.
 
-    async def get(
-        self, path: str, params: Mapping[str, str] | None = None, *, min_delay: float = 0.0
-    ) -> Any:
-        """A GET that is safe to repeat: retried on transient failures, then raised.
-
-        ``min_delay`` floors each retry's delay (a poll's retries count against Kie's
-        per-task limit of 3 per second).
+        Kie's rate limit (429) slows the whole client down, and maintenance (455)
+        pauses it a moment (``budget``).
         """
+        clock = self._clock
+        sent_at = clock()
+        status, retry_after, body = await self.send(method, url, params=params, json=json)
+        try:
+            data = parse_envelope(status, body, retry_after=retry_after, now=self._wall_clock())
+        except RateLimitError as exc:
+            wait = exc.retry_after
+            if wait is not None:
+                wait = min(wait, self._retry.max_retry_after)
+            self.budget.pushed_back(clock(), sent_at, wait)
+            raise
+        except ServiceUnavailableError:
+            self.budget.unavailable(clock())
+            raise
+        except KieError:
+            self.budget.accepted(clock())
+            raise
+        self.budget.accepted(clock())
+        return data
+
+    async def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        """A GET that is safe to repeat: retried on transient failures, then raised."""
         url = self.base_url + path
-        return await self.retrying(
-            lambda: self.call("GET", url, params=params), min_delay=min_delay, what=f"GET {path}"
-        )
+        return await self.retrying(lambda: self.call("GET", url, params=params), what=f"GET {path}")
 
     async def retrying(
         self,
@@ -376,22 +384,41 @@ class Transport:
                 await self._sleep(delay)
                 attempt += 1
 
-    async def pace_submit(self) -> float:
-        """Wait for a free slot in Kie's creation limit; the slot's time (see ``release``).
+    async def pace_submit(self) -> None:
+        """Wait for a place in Kie's creation limit and take it (first come, first served).
 
-        Cancelled while waiting, it gives the slot back: nothing was sent.
+        Cancelled while waiting, it takes nothing; a place taken is freed by
+        ``_creation_closed`` (the POST left) or ``_creation_abandoned`` (it never did).
         """
-        now = time.monotonic()
-        delay = self._submit_window.delay(now)
-        slot = now + delay
-        self._submit_window.record(slot)
-        if delay > 0:
+        async with self._creation_lock:
+            while True:
+                wait = self._creations.wait(self._clock())
+                if wait == 0:
+                    break
+                if wait is None:  # a full window of submits still in flight: wait for a reply
+                    self._creation_news.clear()
+                    await self._creation_news.wait()
+                else:
+                    await self._sleep(wait)
+            self._creations.opened()
+
+    def _creation_closed(self, reply: tuple[int, str | None, bytes] | None) -> None:
+        """A submit ended (``reply`` None: no reply); a 429 holds the next ones back."""
+        rejected, wait = False, None
+        if reply is not None:
             try:
-                await self._sleep(delay)
-            except BaseException:
-                self._submit_window.release(slot)
-                raise
-        return slot
+                parse_envelope(reply[0], reply[2], retry_after=reply[1], now=self._wall_clock())
+            except RateLimitError as exc:
+                rejected, wait = True, exc.retry_after
+            except KieError:
+                pass
+        self._creations.closed(self._clock(), rejected=rejected, retry_after=wait)
+        self._creation_news.set()
+
+    def _creation_abandoned(self) -> None:
+        """A submit that held a place was given up before its POST left: nothing was sent."""
+        self._creations.abandoned()
+        self._creation_news.set()
 
     async def submit(
         self,
@@ -417,8 +444,9 @@ class Transport:
         report = _orphan_reporter(request, key, on_orphan)
 
         async def attempt() -> str:
-            slot = await self.pace_submit()
+            await self.pace_submit()
             left = False
+            got: list[tuple[int, str | None, bytes]] = []  # the reply, once it came
 
             async def leave() -> None:
                 nonlocal left
@@ -427,16 +455,18 @@ class Transport:
                 left = True  # synchronously followed by the request itself
 
             exchange = asyncio.ensure_future(
-                self._submit_once(url, payload, request, key, leave, lambda: left)
+                self._submit_once(url, payload, request, key, leave, lambda: left, got)
+            )
+            exchange.add_done_callback(
+                lambda _done: (
+                    self._creation_closed(got[0] if got else None)
+                    if left
+                    else self._creation_abandoned()
+                )
             )
             if on_sent is not None:
                 on_sent(exchange)
-            try:
-                return await finish_exchange(exchange, report, lambda: left)
-            except BaseException:
-                if not left:
-                    self._submit_window.release(slot)  # nothing was sent
-                raise
+            return await finish_exchange(exchange, report, lambda: left)
 
         return await self.retrying(attempt, submit_may_retry, what=f"POST {path}")
 
@@ -448,15 +478,16 @@ class Transport:
         key: str | None,
         leave: Callable[[], Awaitable[None]],
         left: Callable[[], bool],
+        got: list[tuple[int, str | None, bytes]],
     ) -> str:
         """One submit exchange: the task id, a not-created error, or ``SubmitOutcomeUnknown``.
 
         An error before the request left (``left()`` still False) is raised as is.
         """
         try:
-            status, retry_after, body = await self.send(
-                "POST", url, json=payload, before_leaving=leave
-            )
+            reply = await self.send("POST", url, json=payload, before_leaving=leave)
+            got.append(reply)
+            status, retry_after, body = reply
             data = parse_envelope(status, body, retry_after=retry_after, now=self._wall_clock())
             return parse_submit(data)
         except Exception as exc:

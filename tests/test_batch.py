@@ -212,7 +212,7 @@ class InstantClient:
         raise error
 
     def task(self, task_id: str) -> TaskHandle:
-        state = TaskState(task_id, 0.0)
+        state = TaskState(task_id)
         state.offer(make_snapshot(task_id, "SUCCESS", source="poll"))
 
         async def fetch(_state: TaskState) -> Any:

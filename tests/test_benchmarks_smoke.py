@@ -16,6 +16,7 @@ def test_benchmarks_import_and_simulate_polling() -> None:
 
 
 def test_simulate_polls_with_callbacks_on_time() -> None:
-    """With callbacks on time, only the final callback's confirming poll is left."""
+    """Callbacks on time: a fresh client probes once before text (at 15 s), then only confirms."""
     timeline = ((20.0, Stage.TEXT), (110.0, Stage.FIRST), (150.0, Stage.COMPLETE))
-    assert simulate_polls(timeline, callbacks=True) == 1
+    assert simulate_polls(timeline, callbacks=True) == 2
+    assert simulate_polls(timeline, callbacks=True, learned=True) == 1

@@ -45,7 +45,7 @@ class HandleMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.server_truth: TaskSnapshot = make_snapshot("t", "PENDING", source="submit")
-        self.state = TaskState("t", 0.0)
+        self.state = TaskState("t")
         self.state.offer(self.server_truth)
         self.scheduler = PollScheduler(self._fetch, FAST, max_in_flight=2)
         hooks = Hooks(fetch=self._fetch, watch=self.scheduler.watch, unwatch=self.scheduler.unwatch)
@@ -175,7 +175,7 @@ def test_a_crashed_scheduler_fails_its_waiters() -> None:
         async def fetch(_state: TaskState) -> TaskSnapshot:
             raise AssertionError("unreachable")
 
-        state = TaskState("t", 0.0)
+        state = TaskState("t")
         scheduler = PollScheduler(fetch, FAST, max_in_flight=1, on_crash=state.fail_waiters)
         state.offer(make_snapshot("t", "PENDING", source="submit"))
         handle = TaskHandle(

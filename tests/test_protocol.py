@@ -31,7 +31,6 @@ from kiemashup import (
 from kiemashup._core.callbacks import parse_callback_at, sign, verify_signature
 from kiemashup._core.protocol import parse_credits, parse_envelope, parse_retry_after, parse_submit
 from kiemashup._core.timing import (
-    SlidingWindow,
     backoff_delay,
     outage_interval,
     poll_interval,
@@ -386,49 +385,3 @@ def test_outage_interval_grows_with_failures() -> None:
     policy = PollPolicy(initial=2.0, outage_maximum=30.0)
     assert [outage_interval(n, policy, 1.0) for n in range(5)] == [2.0, 4.0, 8.0, 16.0, 30.0]
     assert outage_interval(3, policy, 0.0) == 8.0  # rand 0 halves it
-
-
-# --- sliding window -------------------------------------------------------------------
-
-
-def test_window_allows_limit_events_then_waits_for_the_oldest_to_leave() -> None:
-    """After ``limit`` events, the next is allowed when the oldest leaves the window."""
-    window = SlidingWindow(limit=3, window=10.0)
-    for t in (0.0, 1.0, 2.0):
-        assert window.delay(t) == 0.0
-        window.record(t)
-    assert window.delay(2.0) == 8.0
-    assert window.delay(9.5) == 0.5
-    assert window.delay(10.0) == 0.0
-
-
-def test_window_counts_reservations_in_the_future() -> None:
-    """Events recorded ahead of time (reservations) count against later windows too."""
-    window = SlidingWindow(limit=2, window=10.0)
-    starts = []
-    for _ in range(6):
-        start = window.delay(0.0)
-        window.record(start)
-        starts.append(start)
-    assert starts == [0.0, 0.0, 10.0, 10.0, 20.0, 20.0]
-
-
-@settings(max_examples=300)
-@given(
-    st.integers(1, 5),
-    st.integers(1, 8),
-    st.lists(st.integers(0, 40), min_size=1, max_size=60),
-)
-def test_window_never_exceeds_the_limit(limit: int, window: int, steps: list[int]) -> None:
-    """Reserving at now + delay(now) never puts more than ``limit`` events in any window."""
-    gate = SlidingWindow(limit, float(window))
-    now = 0.0
-    events: list[float] = []
-    for step in steps:
-        now += step / 4  # quarters: exact in binary floating point
-        start = now + gate.delay(now)
-        assert start >= now
-        gate.record(start)
-        events.append(start)
-    for end in events:  # every window (end - window, end] that ends at an event
-        assert sum(1 for t in events if end - window < t <= end) <= limit

@@ -295,10 +295,13 @@ def debug_state(client: MashupClient, task_id: str) -> str:
     now = asyncio.get_running_loop().time()
     if state is None:
         return "no state"
+    plan: Any = state.plan  # the scheduler's private plan, read for diagnosis only
+    if plan is None:
+        return f"no plan, waiters={len(state.waiters)}"
     return (
-        f"due_in={None if state.due is None else round(state.due - now, 2)} "
-        f"in_flight={state.in_flight} watchers={state.watchers} failures={state.failures} "
-        f"polls={state.polls} last_poll_ago={now - state.last_poll:.1f} confirm={state.confirm} "
+        f"due_in={None if plan.due is None else round(plan.due - now, 2)} "
+        f"in_flight={plan.in_flight} watchers={plan.watchers} failures={plan.failures} "
+        f"polls={plan.polls} last_reply_ago={now - plan.last_reply:.1f} confirm={plan.confirm} "
         f"waiters={len(state.waiters)} heap={len(sched._heap)} in_heap="
         f"{sum(1 for e in sched._heap if e[2] is state)} runner={sched._runner} "
         f"polls_in_flight={len(sched._polls)} slots={sched._slots._value}"

@@ -244,13 +244,31 @@ def test_never_moves_backwards() -> None:
     assert advance(snap("FIRST_SUCCESS", PLAYABLE), snap("UNKNOWN_NEW")) is None
 
 
-def test_same_stage_replaces_only_with_more_playable_tracks() -> None:
+def test_same_stage_and_status_replaces_only_with_more_playable_tracks() -> None:
     """At the same stage and status, only a snapshot with more playable tracks replaces."""
     current = snap("FIRST_SUCCESS", PLAYABLE, SILENT)
     more = snap("FIRST_SUCCESS", PLAYABLE, PLAYABLE_2)
     assert advance(current, more) is more
     assert advance(current, snap("FIRST_SUCCESS", PLAYABLE, SILENT)) is None  # a duplicate
     assert advance(more, current) is None
+
+
+def test_a_new_status_at_the_same_stage_replaces_the_old_one() -> None:
+    """An unknown status after PENDING (same stage) is kept; TEXT then replaces it; no way back."""
+    pending = snap("PENDING")
+    queued = snap("QUEUED_SOMEWHERE")
+    assert queued.stage is Stage.PENDING
+    assert advance(pending, queued) is queued
+    assert advance(queued, snap("QUEUED_SOMEWHERE")) is None  # a duplicate changes nothing
+    text = snap("TEXT_SUCCESS")
+    assert advance(queued, text) is text
+    assert advance(text, snap("QUEUED_SOMEWHERE")) is None  # stage never goes backwards
+
+
+def test_a_new_status_never_drops_a_playable_track() -> None:
+    """A new status at the same stage with fewer playable tracks is ignored."""
+    current = snap("FIRST_SUCCESS", PLAYABLE, PLAYABLE_2)
+    assert advance(current, snap("FIRST_RENAMED", PLAYABLE, SILENT)) is None
 
 
 def test_reached_needs_a_successful_snapshot_at_or_past_the_stage() -> None:
@@ -287,4 +305,7 @@ def test_folding_any_sequence_never_goes_backwards(
         elif before is not None and not kept.is_terminal:
             assert kept.stage >= before.stage
             if kept.stage == before.stage and kept is not before:
-                assert len(kept.playable_tracks) > len(before.playable_tracks)
+                assert len(kept.playable_tracks) >= len(before.playable_tracks)
+                assert kept.status != before.status or len(kept.playable_tracks) > len(
+                    before.playable_tracks
+                )

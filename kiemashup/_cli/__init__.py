@@ -115,11 +115,19 @@ def _wants_json(argv: Sequence[str]) -> bool:
     return "--json" in argv
 
 
+def _check_no_lost_values(args: argparse.Namespace) -> None:
+    """argparse turns an option's value ``--`` (``--count=--``) into ``[]`` unchecked."""
+    lost = sorted(name for name, value in vars(args).items() if value == [])
+    if lost:
+        raise UsageError(f"--{lost[0].replace('_', '-')}: a value is required, not '--'")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns its exit code (never raises, never prints a traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        _check_no_lost_values(args)
     except UsageError as exc:
         return report(exc, as_json=_wants_json(argv))
     except SystemExit as exc:  # --help and --version

@@ -30,8 +30,11 @@ class PollPolicy:
     thousands of tasks submitted together do not poll in lock-step. No task is
     ever polled more often than every ``min_interval`` seconds (Kie allows 3/s).
     While callbacks are expected (the client has a receiver or a callback URL),
-    a task is polled only once no callback has come for ``callback_grace``
-    seconds; an overdue task returns to normal polling until callbacks resume.
+    polls are only a safety net: a task still PENDING is probed ``callback_probe``
+    seconds after its last news (Kie's text stage usually comes within that), a
+    later stage after ``callback_grace`` seconds. A probe that finds the task ahead
+    of its callbacks marks them overdue: the client warns once and polls every task
+    whose callbacks are overdue at the normal cadence until callbacks arrive again.
     A poll that fails after its retries backs off up to ``outage_maximum``.
     """
 
@@ -45,6 +48,7 @@ class PollPolicy:
     jitter: float = attrs.field(default=0.1, validator=_non_negative)
     min_interval: float = attrs.field(default=0.34, validator=_positive)
     callback_grace: float = attrs.field(default=150.0, validator=_positive)
+    callback_probe: float = attrs.field(default=15.0, validator=_positive)
     outage_maximum: float = attrs.field(default=30.0, validator=_positive)
 
 
@@ -67,17 +71,27 @@ class RetryPolicy:
 class RateLimits:
     """Client-side caps that keep a whole client inside Kie's limits.
 
-    ``max_in_flight`` must stay below ``connection_limit`` so that requests never
-    queue inside the connection pool (where they could time out unsent).
+    Submits are paced to ``submits_per_window`` per ``submit_window`` seconds, with a
+    margin, counted the way Kie counts them (by arrival). The total request rate is
+    adaptive by default (``requests_per_second=None``): no cap until Kie answers 429
+    or 455, then it backs off to what Kie accepted (honouring ``Retry-After``) and
+    grows back when the push-back stops. A number sets a fixed ceiling instead
+    (still backing off below it). ``max_in_flight`` must stay below
+    ``connection_limit`` so that requests never queue inside the connection pool
+    (where they could time out unsent).
     """
 
     submits_per_window: int = 20
     submit_window: float = attrs.field(default=10.0, validator=_positive)
-    requests_per_second: float = attrs.field(default=50.0, validator=_positive)
+    requests_per_second: float | None = attrs.field(default=None)
     max_in_flight: int = 32
     connection_limit: int = 100
 
     def __attrs_post_init__(self) -> None:
+        if self.requests_per_second is not None and not self.requests_per_second > 0:
+            raise ValueError(
+                f"requests_per_second must be > 0 or None (got {self.requests_per_second!r})"
+            )
         if self.submits_per_window < 1:
             raise ValueError(f"submits_per_window must be >= 1 (got {self.submits_per_window})")
         if not 1 <= self.max_in_flight < self.connection_limit:

@@ -13,8 +13,9 @@ Rules:
    stage is read off the tracks (so a new status never moves a task backwards). A
    failure keeps the stage its tracks prove too.
 5. A task's view only moves forward (``advance``): a terminal snapshot is final, and a
-   non-terminal one replaces the current one only if it is at a later stage, or at the
-   same stage and status with more playable tracks (so duplicates are dropped).
+   non-terminal one replaces the current one if it is at a later stage, or at the same
+   stage with a new status (the server's word, e.g. an unknown status after PENDING) or
+   more playable tracks, never with fewer. A duplicate changes nothing.
 """
 
 from __future__ import annotations
@@ -116,10 +117,10 @@ def advance(current: TaskSnapshot | None, new: TaskSnapshot) -> TaskSnapshot | N
         return None
     if new.is_terminal:
         return new
-    if new.stage > current.stage:
-        return new
-    same_stage = new.stage == current.stage and new.status == current.status
-    if same_stage and len(new.playable_tracks) > len(current.playable_tracks):
+    if new.stage != current.stage:
+        return new if new.stage > current.stage else None
+    more, kept = len(new.playable_tracks), len(current.playable_tracks)
+    if more > kept or (more == kept and new.status != current.status):
         return new
     return None
 

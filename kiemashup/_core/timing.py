@@ -1,4 +1,5 @@
-"""Timing rules without a clock: backoff, poll intervals and sliding windows.
+"""Timing rules without a clock: backoff, poll intervals, the per-task poll floor,
+callback deadlines, the adaptive request budget and the creation window.
 
 This module performs no I/O and reads no clock or randomness: ``now`` and ``rand``
 are arguments.
@@ -6,6 +7,7 @@ are arguments.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from kiemashup._core.errors import RateLimitError
@@ -38,36 +40,223 @@ def poll_interval(stage: Stage, age: float, policy: PollPolicy, rand: float) -> 
     return max(policy.min_interval, jittered)
 
 
+def next_poll_at(last_reply: float, now: float, policy: PollPolicy) -> float:
+    """The per-task poll floor (Kie: 3 polls/s per task), the one place it is computed.
+
+    It counts from the *reply* to the previous poll, not its sending: the server's
+    arrival clock lies between the two, so polls spaced this way arrive at least
+    ``min_interval`` apart however the network delays them.
+    """
+    return max(now, last_reply + policy.min_interval)
+
+
+def callback_deadline(stage: Stage, policy: PollPolicy, typical: float | None = None) -> float:
+    """Seconds after a task's last callback news before a safety-net probe, by stage.
+
+    ``typical`` is how long the next callback has taken to follow this stage's one
+    for this client's other tasks (None while unknown). Unknown, a PENDING task
+    expects Kie's text callback within ``callback_probe`` and a later stage waits
+    ``callback_grace``. Known, the probe comes when the callback is clearly late:
+    three times the typical gap, or the gap plus ``callback_probe`` if sooner, never
+    before 2 s. No probe ever comes later than ``callback_grace``.
+    """
+    if typical is None:
+        wait = policy.callback_probe if stage is Stage.PENDING else policy.callback_grace
+    else:
+        wait = max(2.0, min(typical + policy.callback_probe, 3.0 * typical))
+    return min(wait, policy.callback_grace)
+
+
+def typical_gap(current: float | None, sample: float) -> float:
+    """The running estimate of a callback gap after one more ``sample`` (EWMA, 1/5)."""
+    return sample if current is None else current + 0.2 * (sample - current)
+
+
 def outage_interval(failures: int, policy: PollPolicy, rand: float) -> float:
     """Backoff for a task whose polls keep failing: grows to ``outage_maximum``, jittered."""
     base = min(policy.outage_maximum, policy.initial * 2.0 ** min(failures, 16))
     return float(max(policy.min_interval, base * (0.5 + 0.5 * rand)))
 
 
-class SlidingWindow:
-    """At most ``limit`` events in any ``window`` seconds; time is passed in."""
+class RequestBudget:
+    """The client's total request rate: no cap (or a fixed one) until the server pushes back.
 
-    __slots__ = ("_times", "limit", "window")
+    While limited, at most ``rate`` requests go out in any ``window`` seconds (counted
+    like a server's sliding window, so a burst is followed by a pause instead of more
+    push-back), spaced at least half their average interval apart. A push-back (429)
+    sets ``rate`` to 90 % of what the server accepted in the last ``window``
+    seconds (never above 85 % of the current rate), at most once per ``settle``
+    seconds of requests sent since the last cut, and pauses every request until its
+    ``Retry-After``. Accepted replies grow the rate by 10 % a second (at least 1 a
+    second); ``recover`` seconds without a push-back lift the adaptive cap
+    altogether. A fixed ``cap`` is never exceeded.
+    """
 
-    def __init__(self, limit: int, window: float) -> None:
+    __slots__ = (
+        "_accepted",
+        "_cut_at",
+        "_grown_at",
+        "_last",
+        "_paused_until",
+        "_sends",
+        "cap",
+        "cuts",
+        "floor",
+        "rate",
+        "recover",
+        "settle",
+        "window",
+    )
+
+    def __init__(
+        self,
+        cap: float | None = None,
+        *,
+        floor: float = 2.0,
+        window: float = 1.0,
+        settle: float = 0.5,
+        recover: float = 60.0,
+    ) -> None:
+        self.cap = cap
+        self.rate: float | None = cap  # requests per window; None: not limited
+        self.floor = floor
+        self.window = window
+        self.settle = settle
+        self.recover = recover
+        self.cuts = 0
+        self._last = float("-inf")
+        self._paused_until = float("-inf")
+        self._cut_at = float("-inf")
+        self._grown_at = float("-inf")
+        self._accepted: deque[float] = deque()
+        self._sends: deque[float] = deque()  # slots taken while limited (some in the future)
+
+    def reserve(self, now: float, horizon: float = math.inf) -> float:
+        """Take the next slot: the seconds to wait before sending (0 when free now).
+
+        A slot more than ``horizon`` seconds away is not taken (the caller asks again
+        later): a rate that grows back must speed up requests already waiting, which a
+        slot booked far ahead at the low rate would not be.
+        """
+        start = now if now >= self._paused_until else self._paused_until
+        rate = self.rate
+        if rate is None:
+            return start - now
+        sends = self._sends
+        limit = max(1, int(rate))
+        while len(sends) > limit or (sends and sends[0] <= now - self.window):
+            sends.popleft()
+        start = max(start, self._last + 0.5 * self.window / rate)
+        if len(sends) >= limit:
+            start = max(start, sends[-limit] + self.window)
+        if start - now > horizon:
+            return start - now
+        sends.append(start)
+        self._last = start
+        return start - now
+
+    def accepted(self, now: float) -> None:
+        """A reply that was not a push-back (any other status counts)."""
+        accepted = self._accepted
+        accepted.append(now)
+        horizon = now - self.window
+        while accepted[0] < horizon:
+            accepted.popleft()
+        rate = self.rate
+        if rate is None or rate == self.cap or now - self._cut_at < self.settle:
+            return
+        if self.cap is None and now - self._cut_at >= self.recover:
+            self.rate = None
+            self._sends.clear()
+            return
+        grown = rate + max(1.0, 0.1 * rate) * min(1.0, now - max(self._grown_at, self._cut_at))
+        self._grown_at = now
+        self.rate = grown if self.cap is None else min(grown, self.cap)
+
+    def unavailable(self, now: float, retry_after: float | None = None) -> None:
+        """A 455 (maintenance): pause every request a while, but keep the rate.
+
+        The service being down says nothing about how fast it accepts requests: cutting
+        the rate here would leave the client crawling long after maintenance ends.
+        """
+        pause = retry_after if retry_after is not None and retry_after > 0 else self.window
+        self._paused_until = max(self._paused_until, now + pause)
+
+    def pushed_back(self, now: float, sent_at: float, retry_after: float | None) -> None:
+        """A 429 reply to a request sent at ``sent_at``: the server's rate limit."""
+        if retry_after is not None and retry_after > 0:
+            self._paused_until = max(self._paused_until, now + retry_after)
+        if sent_at < self._cut_at + self.settle:
+            return  # sent before the last cut could take effect: already accounted for
+        accepted = self._accepted
+        horizon = now - self.window
+        while accepted and accepted[0] < horizon:
+            accepted.popleft()
+        target = 0.9 * len(accepted)
+        if self.rate is not None:
+            target = min(target, 0.85 * self.rate)
+        self.rate = max(self.floor, target)
+        # The server's window is full: what it accepted lately must age out first.
+        self._sends = deque(accepted)
+        self._last = max(self._last, now)
+        self._cut_at = now
+        self._grown_at = now
+        self.cuts += 1
+
+
+class CreationWindow:
+    """Kie's creation limit (``limit`` per ``window`` s, counted by arrival), with margin.
+
+    Each submit holds a place from when it is sent until ``window + margin`` seconds
+    after its reply (or the moment it was given up): the server's arrival clock lies
+    between the two, so no sliding window of the server's ever holds more than
+    ``limit`` arrivals, whatever the network or the CPU load does to timing. A fresh
+    window, or one that has just been answered 429, lets one submit probe alone
+    until a reply comes; a 429 also holds every submit back until its ``Retry-After``
+    (else a full window), so a client started right after another one's burst meets
+    at most one 429 and then paces itself from that reply.
+    """
+
+    __slots__ = ("_ends", "limit", "margin", "not_before", "open", "probing", "window")
+
+    def __init__(self, limit: int, window: float, margin: float | None = None) -> None:
         self.limit = limit
         self.window = window
-        self._times: deque[float] = deque()
+        self.margin = 0.02 * window + 0.05 if margin is None else margin
+        self.open = 0
+        self.not_before = float("-inf")
+        self.probing = True
+        self._ends: deque[float] = deque()
 
-    def delay(self, now: float) -> float:
-        """Seconds to wait before one more event is allowed (0 when allowed now)."""
-        times = self._times
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if len(times) < self.limit:
+    def wait(self, now: float) -> float | None:
+        """Seconds before one more submit may be sent; 0 now; None until a reply comes."""
+        now += 1e-9  # a place freeing within a nanosecond is free (float rounding)
+        if now < self.not_before:
+            return self.not_before - now
+        ends = self._ends
+        while ends and ends[0] <= now:
+            ends.popleft()
+        if self.probing and self.open:
+            return None
+        if self.open + len(ends) < self.limit:
             return 0.0
-        # Times may include reservations in the future; the limit-th latest one decides.
-        return max(0.0, times[-self.limit] + self.window - now)
+        return ends[0] - now if ends else None
 
-    def record(self, now: float) -> None:
-        self._times.append(now)
+    def opened(self) -> None:
+        """A submit is being sent now (call right after ``wait`` returned 0)."""
+        self.open += 1
 
-    def release(self, when: float) -> None:
-        """Give back a slot recorded at ``when`` that was never used (its sender gave up)."""
-        if when in self._times:  # else it already left the window
-            self._times.remove(when)
+    def abandoned(self) -> None:
+        """A submit that took its place was given up before it was sent: free the place."""
+        self.open -= 1
+
+    def closed(self, now: float, *, rejected: bool, retry_after: float | None = None) -> None:
+        """A submit got its reply (or was given up) at ``now``; ``rejected``: it was a 429."""
+        self.open -= 1
+        self._ends.append(now + self.window + self.margin)
+        if rejected:
+            hold = retry_after if retry_after is not None else self.window + self.margin
+            self.not_before = max(self.not_before, now + hold)
+            self.probing = True
+        else:
+            self.probing = False
