@@ -2,8 +2,9 @@
 
 No network: handles are re-attached with ``client.task(id)``, a parsed "text" callback
 is fed to each (callbacks flow, so polling is only a safety net 150 s away), one
-``wait()`` per handle is started, then a parsed "complete" callback is fed to each
-(``confirm_callbacks=False``). RSS comes from /proc/self/statm after ``gc.collect()``.
+``wait()`` per handle is started, then a polled SUCCESS snapshot is fed to each (a
+callback alone ends no wait; another process's poll would relay such snapshots).
+RSS comes from /proc/self/statm after ``gc.collect()``.
 The baseline is what a hand-written client keeps per pending task: one coroutine
 polling at a fixed interval (an asyncio task asleep in ``asyncio.sleep``).
 """
@@ -15,7 +16,8 @@ import gc
 import time
 
 from benchmarks._common import Figure, settled_rss
-from kiemashup import MashupClient, parse_callback
+from kiemashup import MashupClient, Track, parse_callback
+from kiemashup._core.state import make_snapshot
 
 
 def _callback(task_id: str, kind: str) -> bytes:
@@ -37,13 +39,14 @@ def _callback(task_id: str, kind: str) -> bytes:
 async def _sdk(n: int) -> dict[str, float]:
     ids = [f"{i:032x}" for i in range(n)]  # 32-char ids like Kie's
     text_bodies = [_callback(t, "text") for t in ids]
-    completes = [parse_callback({}, _callback(t, "complete")) for t in ids]
+    # Polled snapshots (as another process's poll relays them): a callback alone ends no wait.
+    completes = [
+        make_snapshot(t, "SUCCESS", (Track(audio_url="a"), Track(audio_url="b"))) for t in ids
+    ]
     gc.collect()
     base = settled_rss()
     texts = [parse_callback({}, body) for body in text_bodies]  # kept by the handles: counted
-    async with MashupClient(
-        "key", base_url="http://127.0.0.1:9", confirm_callbacks=False
-    ) as client:
+    async with MashupClient("key", base_url="http://127.0.0.1:9") as client:
         handles = [client.task(task_id) for task_id in ids]
         for snapshot in texts:
             client.feed(snapshot)
@@ -117,12 +120,12 @@ def run(quick: bool) -> list[Figure]:
             "frame are the caller's; the SDK adds one future and the heap entry)",
         ),
         Figure(
-            name=f"Callbacks fed to {n} pending waits",
+            name=f"Polled snapshots fed to {n} pending waits",
             value=sdk["feed_rate"],
             unit="callbacks/s",
             target="all woken, no network",
             met=True,
-            note="client.feed of parsed complete callbacks, confirm_callbacks=False, until "
-            "every wait returned",
+            note="client.feed of polled SUCCESS snapshots (as another process's poll would "
+            "relay them), until every wait returned",
         ),
     ]

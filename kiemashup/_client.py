@@ -6,15 +6,23 @@ import asyncio
 import logging
 import os
 import random
+import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from kiemashup._batch import RECOVER_WAIT, Batch, OnProgress, run_batch
-from kiemashup._core.errors import APIError, ClientClosedError, KieError, SubmitOutcomeUnknown
+from kiemashup._core.callbacks import ReplayGuard, read_callback
+from kiemashup._core.errors import (
+    APIError,
+    CallbackRejected,
+    ClientClosedError,
+    KieError,
+    SubmitOutcomeUnknown,
+)
 from kiemashup._core.models import Stage, TaskSnapshot, Track
 from kiemashup._core.policy import PollPolicy, RateLimits, RetryPolicy, Timeouts
 from kiemashup._core.protocol import (
@@ -29,9 +37,9 @@ from kiemashup._core.protocol import (
     record_info_callback_url,
 )
 from kiemashup._core.request import MashupRequest
-from kiemashup._core.state import make_snapshot
+from kiemashup._core.state import final_claim, make_snapshot
 from kiemashup._handle import Hooks, TaskHandle, TaskState
-from kiemashup._receiver import CallbackReceiver
+from kiemashup._receiver import MAX_BODY, CallbackReceiver
 from kiemashup._scheduler import PollScheduler
 from kiemashup._transfer import FileTransfer, Progress, UploadSource
 from kiemashup._transport import OnOrphan, OrphanedSubmit, Transport, new_submit_key
@@ -45,7 +53,31 @@ DEFAULT_BASE_URL = "https://api.kie.ai"
 DEFAULT_UPLOAD_BASE_URL = "https://kieai.redpandaai.co"
 EARLY_MAX = 10_000  # callbacks kept for unknown task ids, at most
 EARLY_TTL = 600.0  # seconds such a callback is kept
+EARLY_BYTES = 4 * 1024 * 1024  # and about this many bytes of them, at most
 KEYS_MAX = 10_000  # per-submit keys remembered from keyed callbacks, at most
+
+
+def _early_weight(snapshots: list[TaskSnapshot]) -> int:
+    """About how many bytes kept callbacks hold (a claim has no tracks: ids and message)."""
+    return sum(
+        256 + len(s.task_id) + len(s.error_message or "") + len(str(s.status)) for s in snapshots
+    )
+
+
+def _usable_webhook_key(key: str | None, receiver: CallbackReceiver | None) -> str | None:
+    """The key callbacks are verified with; a key the client cannot use is an error."""
+    if key is None:
+        return receiver.hmac_key if receiver is not None else None
+    if not isinstance(key, str) or not key.strip():
+        raise KieError("webhook_hmac_key must be a non-empty string (Kie's webhookHmacKey)")
+    if receiver is not None and key != receiver.hmac_key:
+        # The receiver verifies its own deliveries: a different key here would leave
+        # them checked against another key than the one you meant.
+        raise KieError(
+            "webhook_hmac_key differs from the receiver's: pass the same key as "
+            "CallbackReceiver(hmac_key=...)"
+        )
+    return key
 
 
 def redact_url(url: str | None) -> str:
@@ -88,7 +120,6 @@ class MashupClient:
         retry_policy: RetryPolicy | None = None,
         rate_limits: RateLimits | None = None,
         timeouts: Timeouts | None = None,
-        confirm_callbacks: bool = True,
         rand: Callable[[], float] | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("KIE_API_KEY")
@@ -100,13 +131,8 @@ class MashupClient:
         ).rstrip("/")
         self.callback_url = callback_url
         self.receiver = receiver
-        if receiver is not None and webhook_hmac_key not in (None, receiver.hmac_key):
-            # The receiver is what verifies signatures: a key given only here would
-            # silently leave callbacks unverified.
-            raise KieError(
-                "webhook_hmac_key differs from the receiver's: pass it as "
-                "CallbackReceiver(hmac_key=...)"
-            )
+        self._webhook_key = _usable_webhook_key(webhook_hmac_key, receiver)
+        self._replays = ReplayGuard()  # handle_callback's, as the receiver has its own
         self.poll_policy = poll_policy or PollPolicy()
         self.rate_limits = rate_limits or RateLimits()
         self.retry_policy = retry_policy or RetryPolicy()
@@ -135,11 +161,10 @@ class MashupClient:
         self._record_info_url = self.base_url + RECORD_INFO_PATH
         self._states: weakref.WeakValueDictionary[str, TaskState] = weakref.WeakValueDictionary()
         self._closed = False
-        # Callbacks are trusted only once a poll confirms a final one (the signature
-        # does not cover the body, KIE-API.md §3.3).
-        self.confirm_callbacks = confirm_callbacks
-        # Callbacks for tasks we do not know yet (one can beat submit()'s reply).
+        # Callbacks for tasks we do not know yet (one can beat submit()'s reply),
+        # bounded in count and in bytes.
         self._early: OrderedDict[str, tuple[float, list[TaskSnapshot]]] = OrderedDict()
+        self._early_bytes = 0
         # Submits whose caller was cancelled after the POST left (docs/errors.md).
         self.orphans: list[OrphanedSubmit] = []
         # Per-submit keys seen in callBackUrls of callbacks -> the task ids claiming them.
@@ -207,6 +232,8 @@ class MashupClient:
 
     def _watch(self, state: TaskState) -> None:
         self._scheduler.watch(state)
+        if state.wants_confirmation():  # a wait for a FIRST that only a callback announced
+            self._scheduler.confirm(state, final=False)
         if self._closed:
             # A wait begun after aclose() would hang forever (nothing polls any more):
             # fail it the way aclose() fails the waits that were pending.
@@ -491,13 +518,34 @@ class MashupClient:
             recover_wait=recover_wait,
         )
 
+    def handle_callback(self, headers: Mapping[str, str], body: bytes | str) -> TaskSnapshot:
+        """Verify, parse and feed one callback delivery; for endpoints on other frameworks.
+
+        The signature is checked with ``webhook_hmac_key`` (or the receiver's key; with
+        neither, deliveries are taken unsigned), a replayed signed delivery is
+        recognised and fed to nobody, and the claim is fed as ``feed`` does. Returns the
+        callback's snapshot (Kie's unconfirmed word: see ``feed``). Raises
+        ``CallbackRejected``, whose ``http_status`` is the status to answer; answer 200
+        otherwise. Never blocks.
+        """
+        raw = body.encode() if isinstance(body, str) else body
+        if len(raw) > MAX_BODY:
+            raise CallbackRejected("body too large", http_status=413)
+        delivery = read_callback(headers, raw, hmac_key=self._webhook_key, now=time.time())
+        if not self._replays.replayed(delivery):
+            self.feed(delivery.snapshot)
+        return delivery.snapshot
+
     def feed(self, snapshot: TaskSnapshot) -> bool:
         """Hand a callback's snapshot (parsed elsewhere) to the task's waiters. Never blocks.
 
-        A final (complete or error) callback is confirmed by one record-info poll before
-        it resolves a wait, unless ``confirm_callbacks=False``. A callback for a task
-        this client does not know yet is kept for a while, so one that arrives before
-        ``submit()`` returns is not lost. Returns True when it moved a task forward.
+        A callback is Kie's unconfirmed word: it can move a task to TEXT or FIRST, never
+        to COMPLETE or failed, and brings no audio URLs. A complete or error callback
+        makes the client poll the task at once; only that poll, agreeing, ends a wait
+        (and a wait for FIRST returns the poll's snapshot, with the track's URL). A
+        callback for a task this client does not know yet is kept for a while, so one
+        that arrives before ``submit()`` returns is not lost. Returns True when it
+        moved a task forward.
         """
         state = self._states.get(snapshot.task_id)
         if state is None:
@@ -511,7 +559,7 @@ class MashupClient:
         latest = state.latest
         if latest is not None and latest.is_terminal:
             return False  # duplicates and late deliveries change nothing
-        if snapshot.is_terminal and self.confirm_callbacks:
+        if final_claim(snapshot):
             # Confirming polls go first; until one agrees, poll at the normal cadence.
             self._scheduler.confirm(state)
             return False
@@ -521,23 +569,32 @@ class MashupClient:
             # (say, "first" re-sent every minute) must not postpone the safety-net poll
             # that rescues a task whose next callback was dropped.
             self._scheduler.callback_news(state)
+            if state.wants_confirmation():  # someone waits for this FIRST: poll it now
+                self._scheduler.confirm(state, final=False)
         return moved
 
     def _keep_early(self, snapshot: TaskSnapshot) -> None:
         now = self._now()
         early = self._early
         while early and (
-            len(early) >= EARLY_MAX or next(iter(early.values()))[0] < now - EARLY_TTL
+            len(early) >= EARLY_MAX
+            or self._early_bytes > EARLY_BYTES
+            or next(iter(early.values()))[0] < now - EARLY_TTL
         ):
-            early.popitem(last=False)
+            self._early_bytes -= _early_weight(early.popitem(last=False)[1][1])
         entry = early.get(snapshot.task_id)
         if entry is None:
             early[snapshot.task_id] = (now, [snapshot])
         elif len(entry[1]) < 8:
             entry[1].append(snapshot)
+        else:
+            return
+        self._early_bytes += _early_weight([snapshot])
 
     def _drain_early(self, state: TaskState) -> None:
         entry = self._early.pop(state.task_id, None)
+        if entry is not None:
+            self._early_bytes -= _early_weight(entry[1])
         if entry is not None and entry[0] >= self._now() - EARLY_TTL:
             for snapshot in entry[1]:
                 self._accept_callback(state, snapshot)

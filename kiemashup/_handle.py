@@ -15,7 +15,7 @@ import attrs
 
 from kiemashup._core.errors import TaskFailedError
 from kiemashup._core.models import Stage, TaskSnapshot
-from kiemashup._core.state import advance, reached
+from kiemashup._core.state import advance, reached, trusted_stage
 
 
 class TaskState:
@@ -42,6 +42,20 @@ class TaskState:
         if self.waiters:
             self._wake()
         return True
+
+    def wants_confirmation(self) -> bool:
+        """True when a waiter could return once a poll confirms a callback's stage.
+
+        A callback's FIRST is Kie's word only (``_core.state`` rule 6): a wait for it
+        returns a polled snapshot, with the track's audio URL.
+        """
+        latest = self.latest
+        if latest is None or latest.confirmed or latest.stage <= Stage.TEXT:
+            return False
+        return any(
+            not future.done() and Stage.TEXT < stage <= latest.stage
+            for future, stage in self.waiters
+        )
 
     def fail_waiters(self, error: BaseException) -> None:
         """Hand ``error`` to every current waiter (a poll failed in a way retrying cannot fix)."""
@@ -126,9 +140,12 @@ class TaskHandle:
             latest = self._state.latest
             if latest is not None and latest.failed:
                 raise TaskFailedError(latest)
-            if latest is not None and (latest.stage > last or latest.is_terminal):
-                last = latest.stage
-                yield latest
+            if latest is not None and (trusted_stage(latest) > last or latest.is_terminal):
+                last = trusted_stage(latest)
+                # A callback's FIRST counts as TEXT until a poll agrees: not yielded as
+                # such (its stage would then be yielded twice).
+                if latest.is_terminal or latest.stage == last:
+                    yield latest
                 if latest.is_terminal or last is Stage.COMPLETE:
                     return
                 continue

@@ -15,19 +15,58 @@ import contextvars
 import logging
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from types import TracebackType
 
 from aiohttp import web
 
-from kiemashup._core.callbacks import parse_callback_at
+from kiemashup._core.callbacks import Delivery, ReplayGuard, parse_callback_at, read_callback
 from kiemashup._core.errors import CallbackRejected, KieError
 from kiemashup._core.models import TaskSnapshot
 
 log = logging.getLogger("kiemashup.receiver")
 
 MAX_BODY = 256 * 1024
+REJECT_LOG_INTERVAL = 10.0  # seconds: rejected deliveries are logged at most this often
+
+
+class RejectionLog:
+    """Logs refused deliveries at most once per ``interval`` seconds, with a count.
+
+    A flood of forgeries must not become a flood of log lines (nor tracebacks): the
+    first refusal is logged at once, later ones are summed into the next line.
+    """
+
+    __slots__ = ("_clock", "_last", "_pending", "interval", "logger")
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = REJECT_LOG_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self._clock = clock
+        self._last = float("-inf")
+        self._pending = 0
+
+    def rejected(self, reason: str, remote: str | None) -> None:
+        """Count one refusal; log a line if the last one was ``interval`` seconds ago."""
+        self._pending += 1
+        now = self._clock()
+        if now - self._last < self.interval:
+            return
+        count, self._pending, self._last = self._pending, 0, now
+        self.logger.warning(
+            "rejected %d callback(s) in the last %.0f s; latest from %s: %s",
+            count,
+            self.interval,
+            remote,
+            reason,
+        )
+
+
 Listener = Callable[[TaskSnapshot], object]
 #: The per-submit key of the delivery being handed to listeners (see ``current_key``).
 _DELIVERY_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -86,7 +125,8 @@ class CallbackReceiver:
         # 192 random bits: the URL itself is a capability an attacker cannot guess.
         self._token = path_token or secrets.token_urlsafe(24)
         self._listeners: list[Listener] = []
-        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._replays = ReplayGuard()
+        self._rejections = RejectionLog(log)
         self._runner: web.AppRunner | None = None
         self.accepted = 0
         self.rejected = 0
@@ -183,32 +223,16 @@ class CallbackReceiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         try:
-            if request.content_length is not None and request.content_length > self.max_body:
-                raise CallbackRejected("body too large", http_status=413)
-            try:
-                async with asyncio.timeout(self.body_timeout):
-                    body = await request.read()
-            except web.HTTPRequestEntityTooLarge as exc:
-                raise CallbackRejected("body too large", http_status=413) from exc
-            except TimeoutError as exc:  # a slow-drip sender does not hold us hostage
-                raise CallbackRejected("body not received in time", http_status=408) from exc
-            if len(body) > self.max_body:
-                # Mounted with add_subapp, the *parent* app's client_max_size governs
-                # read(), so a chunked body over our limit could get through.
-                raise CallbackRejected("body too large", http_status=413)
-            snapshot = parse_callback_at(
-                request.headers, body, hmac_key=self._hmac_key, now=time.time(), window=self.window
-            )
+            delivery = await self._read(request)
         except CallbackRejected as exc:
-            self.rejected += 1
-            log.warning("rejected callback from %s: %s", request.remote, exc.reason)
-            return web.json_response(
-                {"status": "rejected", "reason": exc.reason}, status=exc.http_status
-            )
-        if self._hmac_key is not None and self._is_replay(request, snapshot):
+            return self._reject(request, exc)
+        except Exception:  # a bug in reading must cost one 400, not a traceback per request
+            return self._reject(request, CallbackRejected("unreadable delivery"))
+        if self._replays.replayed(delivery):
             self.replayed += 1
             return web.json_response({"status": "duplicate"})
         self.accepted += 1  # after the replay check: replays are not "accepted"
+        snapshot = delivery.snapshot
         for listener in list(self._listeners):
             try:
                 listener(snapshot)
@@ -216,25 +240,31 @@ class CallbackReceiver:
                 log.exception("callback listener failed for task %s", snapshot.task_id)
         return web.json_response({"status": "received"})
 
-    async def _not_found(self, request: web.Request) -> web.Response:
-        self.rejected += 1
-        log.warning("rejected callback from %s: unknown path", request.remote)
-        return web.json_response({"status": "rejected", "reason": "not found"}, status=404)
-
-    def _is_replay(self, request: web.Request, snapshot: TaskSnapshot) -> bool:
-        """A signed delivery seen before (same task, timestamp and status) is ignored.
-
-        Not keyed on the signature alone: it depends only on task id and timestamp, so
-        two genuine stages sent within one second carry the same signature.
-        """
-        key = (
-            snapshot.task_id,
-            request.headers.get("X-Webhook-Timestamp", ""),
-            str(snapshot.status),
+    async def _read(self, request: web.Request) -> Delivery:
+        """The delivery in ``request``: bounded in size and time, verified, parsed."""
+        if request.content_length is not None and request.content_length > self.max_body:
+            raise CallbackRejected("body too large", http_status=413)
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                body = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise CallbackRejected("body too large", http_status=413) from exc
+        except TimeoutError as exc:  # a slow-drip sender does not hold us hostage
+            raise CallbackRejected("body not received in time", http_status=408) from exc
+        if len(body) > self.max_body:
+            # Mounted with add_subapp, the *parent* app's client_max_size governs
+            # read(), so a chunked body over our limit could get through.
+            raise CallbackRejected("body too large", http_status=413)
+        return read_callback(
+            request.headers, body, hmac_key=self._hmac_key, now=time.time(), window=self.window
         )
-        if key in self._seen:
-            return True
-        self._seen[key] = None
-        if len(self._seen) > 100_000:
-            self._seen.popitem(last=False)
-        return False
+
+    def _reject(self, request: web.Request, exc: CallbackRejected) -> web.Response:
+        self.rejected += 1
+        self._rejections.rejected(exc.reason, request.remote)
+        return web.json_response(
+            {"status": "rejected", "reason": exc.reason}, status=exc.http_status
+        )
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        return self._reject(request, CallbackRejected("not found", http_status=404))

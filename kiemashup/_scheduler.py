@@ -173,15 +173,18 @@ class PollScheduler:
                 self._on_recovered()
         self.replan(state)
 
-    def confirm(self, state: TaskState) -> None:
-        """A final callback came: poll ``state`` before anything else (waiters or not).
+    def confirm(self, state: TaskState, *, final: bool = True) -> None:
+        """Poll ``state`` before anything else (waiters or not): a callback needs a poll.
 
-        Until a poll agrees, the task is polled at the normal cadence.
+        ``final``: a complete or error callback came; until a poll agrees, the task is
+        polled at the normal cadence. Otherwise a waiter wants the FIRST a callback
+        announced (``TaskState.wants_confirmation``).
         """
         plan = self._plan_of(state)
-        self._learn(state, plan, Stage.COMPLETE)
+        if final:
+            self._learn(state, plan, Stage.COMPLETE)
+            plan.callbacks_expected = False
         plan.confirm = True
-        plan.callbacks_expected = False
         if not plan.in_flight and not self.closed:
             self._plan(state, plan, self._floor(plan))
 
@@ -220,15 +223,19 @@ class PollScheduler:
         else:
             stage = state.latest.stage if state.latest is not None else Stage.PENDING
             delay = poll_interval(stage, now - plan.first_seen, policy, rand)
-            if plan.callbacks_expected and self.callbacks_overdue:
+            expecting = plan.callbacks_expected and not state.wants_confirmation()
+            if expecting and self.callbacks_overdue:
                 # Callbacks are not arriving: the normal cadence, counted from the last
                 # thing heard of the task (one not heard of for long is polled now).
                 delay += max(plan.last_reply, plan.callback_news) - now
-            elif plan.callbacks_expected:
+            elif expecting:
                 # Callbacks flow: the next poll is only a probe for when one is overdue.
+                # A probe that found nothing new restarts the wait: the next one comes a
+                # whole deadline later, not at the normal cadence.
                 known = plan.news_stage if plan.news_stage is not None else stage
                 typical = self._gaps[known] if known < Stage.COMPLETE else None
-                overdue_at = plan.callback_news + callback_deadline(known, policy, typical)
+                heard = max(plan.callback_news, plan.last_reply)
+                overdue_at = heard + callback_deadline(known, policy, typical)
                 delay = max(delay, overdue_at - now)
         return max(delay, self._floor(plan))
 

@@ -326,8 +326,8 @@ class Transport:
     ) -> Any:
         """One exchange, its envelope checked: the ``data`` or a typed error.
 
-        Kie's rate limit (429) slows the whole client down, and maintenance (455)
-        pauses it a moment (``budget``).
+        Kie's rate limit (429), when it is a real share of the replies, slows the
+        whole client down (``budget``); a stray one is left to the request's retry.
         """
         clock = self._clock
         sent_at = clock()
@@ -341,8 +341,7 @@ class Transport:
             self.budget.pushed_back(clock(), sent_at, wait)
             raise
         except ServiceUnavailableError:
-            self.budget.unavailable(clock())
-            raise
+            raise  # maintenance: each request backs off (retry, then the outage cadence)
         except KieError:
             self.budget.accepted(clock())
             raise

@@ -2,15 +2,19 @@
 
 A seeded generator mutates real-shaped record-info replies, callback payloads and
 headers (dropping, renaming, retyping and nesting fields, truncating bytes) and feeds
-them to the same parsers the client and receiver use. 100 000+ inputs in all.
+them to the same parsers the client and receiver use, then 100 000 hostile callback
+deliveries (unknown types, deep nesting, huge arrays, Unicode spaces in the signature
+headers). 210 000 inputs in all.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import time
 from typing import Any
 
+from kiemashup import CallbackRejected, Stage, parse_callback
 from kiemashup._core.callbacks import parse_callback_at, sign
 from kiemashup._core.errors import KieError
 from kiemashup._core.protocol import parse_envelope, parse_record_info
@@ -152,3 +156,61 @@ def test_signed_callback_header_fuzz() -> None:
         assert genuine
         accepted += 1
     assert accepted > 1000
+
+
+KINDS = ["text", "first", "complete", "error", "failed", "Complete", "bogus", "complete ",
+         "SUCCESS", "exception", "", " text", "text\u00a0", None, 7, [], {}]  # fmt: skip
+SPACES = ["", " ", "\t", "\u00a0", "\u2003", "\u3000", "\u200b", "\ufeff", "\n", "\u0660"]
+
+
+def hostile_body(rng: random.Random) -> bytes:
+    """A callback body an attacker might send: odd types, deep nesting, huge arrays, junk."""
+    roll = rng.random()
+    if roll < 0.01:
+        depth = rng.choice([50, 300, 5_000, 60_000])
+        return b'{"data":' * depth + b"1" + b"}" * rng.choice([0, depth])
+    if roll < 0.02:
+        item = rng.choice([b"{}", b"[]", b"null", b'{"audio_url":"https://evil/x"}'])
+        return (
+            b'{"data":{"callbackType":"complete","task_id":"t","data":['
+            + b",".join([item] * rng.choice([9, 500, 40_000]))
+            + b"]}}"
+        )
+    payload = mutate(CALLBACK, rng) if rng.random() < 0.5 else json.loads(json.dumps(CALLBACK))
+    if isinstance(payload, dict) and isinstance(payload.get("data"), dict):
+        payload["data"]["callbackType"] = rng.choice(KINDS)
+    return as_bytes(payload, rng)
+
+
+def test_hostile_callback_fuzz() -> None:
+    """100 000 hostile deliveries, signed or not: only CallbackRejected escapes, as a claim."""
+    rng = random.Random(SEED + 3)
+    key, now = "hmac-key", int(time.time())
+    outcomes = {"claims": 0, "rejected": 0, "signed": 0}
+    for _ in range(100_000):
+        body = hostile_body(rng)
+        stamp = str(now)
+
+        def space() -> str:
+            return rng.choice(SPACES) if rng.random() < 0.3 else ""
+
+        headers = {
+            "X-Webhook-Timestamp": space() + stamp + space(),
+            "X-Webhook-Signature": space() + sign("2fac9f72", stamp, key) + space(),
+        }
+        hmac_key = rng.choice([None, key])
+        try:
+            snapshot = parse_callback(headers, body, hmac_key=hmac_key)
+        except CallbackRejected:
+            outcomes["rejected"] += 1
+            continue
+        # Whatever got through is a claim: never an outcome, never a URL.
+        assert not snapshot.is_terminal
+        assert not snapshot.failed
+        assert snapshot.tracks == ()
+        assert snapshot.stage <= Stage.FIRST
+        outcomes["claims"] += 1
+        outcomes["signed"] += hmac_key is not None
+    assert outcomes["claims"] > 1000
+    assert outcomes["signed"] > 1000
+    assert outcomes["rejected"] > 1000

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import attrs
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -26,7 +25,7 @@ from kiemashup import (
     parse_callback,
 )
 from kiemashup._core.callbacks import sign
-from kiemashup._core.protocol import parse_record_info
+from kiemashup._core.state import final_claim
 from kiemashup.testing import signed_headers
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -46,58 +45,43 @@ def headers_for(task_id: str = TASK, *, key: str = KEY, skew: int = 0) -> dict[s
 
 
 @pytest.mark.parametrize(
-    ("name", "status", "stage", "tracks", "playable"),
+    ("name", "status", "stage"),
     [
-        ("callback_text", TaskStatus.TEXT_SUCCESS, Stage.TEXT, 0, 0),
-        ("callback_first", TaskStatus.FIRST_SUCCESS, Stage.FIRST, 1, 1),
-        ("callback_complete", TaskStatus.SUCCESS, Stage.COMPLETE, 2, 2),
-        ("callback_extra_fields", TaskStatus.SUCCESS, Stage.COMPLETE, 2, 2),
+        ("callback_text", TaskStatus.TEXT_SUCCESS, Stage.TEXT),
+        ("callback_first", TaskStatus.FIRST_SUCCESS, Stage.FIRST),
+        ("callback_complete", TaskStatus.SUCCESS, Stage.FIRST),
+        ("callback_extra_fields", TaskStatus.SUCCESS, Stage.FIRST),
     ],
 )
-def test_stage_callbacks_parse_to_their_stage(
-    name: str, status: TaskStatus, stage: Stage, tracks: int, playable: int
-) -> None:
-    """text/first/complete callbacks give that stage with 0/1/2 tracks; extra fields are ignored."""
+def test_stage_callbacks_parse_to_claims(name: str, status: TaskStatus, stage: Stage) -> None:
+    """text/first/complete callbacks claim a status: not terminal, at most FIRST, no tracks."""
     snapshot = parse_callback({}, sample(name))
     assert (snapshot.task_id, snapshot.status, snapshot.stage) == (TASK, status, stage)
-    assert (len(snapshot.tracks), len(snapshot.playable_tracks)) == (tracks, playable)
-    assert snapshot.source == "callback"
-    assert snapshot.is_terminal is (stage is Stage.COMPLETE)
+    assert snapshot.tracks == ()  # a callback's URLs are never shown (the body is unsigned)
+    assert (snapshot.source, snapshot.confirmed) == ("callback", False)
+    assert not snapshot.is_terminal
     assert not snapshot.failed
+    assert final_claim(snapshot) is (status is TaskStatus.SUCCESS)
 
 
 @pytest.mark.parametrize(
     "name", ["callback_error_null", "callback_error_empty", "callback_error_missing"]
 )
-def test_error_callback_is_a_terminal_failure_whatever_data_data_is(name: str) -> None:
-    """An error callback (data.data null, [] or missing) is a terminal failure with code 501."""
+def test_error_callback_claims_a_failure_whatever_data_data_is(name: str) -> None:
+    """An error callback (data.data null, [] or missing) claims failure 501; a poll decides."""
     snapshot = parse_callback({}, sample(name))
-    assert (snapshot.is_terminal, snapshot.failed, snapshot.tracks) == (True, True, ())
+    assert (snapshot.is_terminal, snapshot.failed, snapshot.tracks) == (False, False, ())
+    assert snapshot.status is TaskStatus.GENERATE_AUDIO_FAILED
+    assert final_claim(snapshot)
     assert (snapshot.error_code, snapshot.error_message) == (501, "Audio generation failed")
 
 
-def test_complete_callback_gives_the_same_snapshot_as_the_poll() -> None:
-    """A snake_case complete callback and the camelCase SUCCESS poll give the same snapshot."""
-    from_callback = parse_callback({}, sample("callback_complete"))
-    from_poll = parse_record_info(json.loads(sample("record_success"))["data"])
-    plain = [attrs.evolve(t, source_audio_url=None, source_stream_audio_url=None,
-                          source_image_url=None) for t in from_callback.tracks]  # fmt: skip
-    assert attrs.evolve(from_callback, tracks=tuple(plain), source="poll") == from_poll
-    first = from_callback.tracks[0]
-    assert first.source_audio_url == "https://cdn1.suno.ai/e231a1.mp3"
-    assert first.source_image_url == "https://cdn2.suno.ai/e231a1.jpeg"
-    assert (first.create_time, first.duration) == ("2025-01-01 00:00:00", 198.44)
-
-
 def test_mixed_casing_is_read_either_way() -> None:
-    """callback_type/callbackType and create_time/createTime are both understood."""
+    """callback_type and callbackType are both understood."""
     payload = json.loads(sample("callback_first"))
     payload["data"]["callback_type"] = payload["data"].pop("callbackType")
-    track = payload["data"]["data"][0]
-    track["create_time"] = track.pop("createTime")
     snapshot = parse_callback({}, json.dumps(payload).encode())
-    assert snapshot.stage is Stage.FIRST
-    assert snapshot.tracks[0].create_time == "2025-01-01 00:00:00"
+    assert (snapshot.status, snapshot.stage) == (TaskStatus.FIRST_SUCCESS, Stage.FIRST)
 
 
 @pytest.mark.parametrize(

@@ -14,10 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kiemashup import KieError, ProtocolError, Stage, TaskStatus, Track
-from kiemashup._core.callbacks import parse_callback_at, snapshot_from_callback
+from kiemashup._core.callbacks import MAX_TRACKS, parse_callback_at, snapshot_from_callback
 from kiemashup._core.errors import CallbackRejected
 from kiemashup._core.protocol import parse_envelope, parse_record_info
 from kiemashup._core.request import MashupRequest
+from kiemashup._core.state import final_claim
 from kiemashup._core.wire import (
     _usual_track,
     camel,
@@ -343,25 +344,27 @@ def test_callback_gives_the_same_snapshot_as_the_equivalent_poll(name: str) -> N
     ("name", "status", "stage", "playable"),
     [
         ("callback_text", TaskStatus.TEXT_SUCCESS, Stage.TEXT, 0),
-        ("callback_first", TaskStatus.FIRST_SUCCESS, Stage.FIRST, 1),
-        ("callback_complete", TaskStatus.SUCCESS, Stage.COMPLETE, 2),
-        ("callback_extra_fields", TaskStatus.SUCCESS, Stage.COMPLETE, 2),
+        ("callback_first", TaskStatus.FIRST_SUCCESS, Stage.FIRST, 0),
+        ("callback_complete", TaskStatus.SUCCESS, Stage.FIRST, 0),
+        ("callback_extra_fields", TaskStatus.SUCCESS, Stage.FIRST, 0),
     ],
 )
-def test_progress_callbacks_map_to_stages(
+def test_progress_callbacks_map_to_claims(
     name: str, status: TaskStatus, stage: Stage, playable: int
 ) -> None:
-    """text, first and complete callbacks are TEXT, FIRST and COMPLETE with their tracks."""
+    """text, first and complete callbacks claim their status, capped at FIRST, with no tracks."""
     snapshot = callback(name)
     assert (snapshot.task_id, snapshot.status, snapshot.stage) == (TASK, status, stage)
     assert len(snapshot.playable_tracks) == playable
     assert not snapshot.failed
+    assert not snapshot.is_terminal
     assert snapshot.error_code is None
 
 
-def test_complete_callback_reads_optional_source_urls() -> None:
-    """source_audio_url, source_stream_audio_url and source_image_url are read when present."""
-    first, second = callback("callback_complete").tracks
+def test_snake_case_tracks_read_optional_source_urls() -> None:
+    """Tracks in a callback's snake_case shape read source_* URLs and camelCase createTime."""
+    raw = json.loads((SAMPLES / "callback_complete.json").read_bytes())
+    first, second = structure_tracks(raw["data"]["data"])
     assert first.source_audio_url == "https://cdn1.suno.ai/e231a1.mp3"
     assert first.source_stream_audio_url == "https://cdn1.suno.ai/e231a1"
     assert first.source_image_url == "https://cdn2.suno.ai/e231a1.jpeg"
@@ -371,21 +374,25 @@ def test_complete_callback_reads_optional_source_urls() -> None:
 
 @pytest.mark.parametrize("name", sample_names("callback_error"))
 def test_error_callback_with_null_empty_or_missing_data_is_a_failure(name: str) -> None:
-    """An error callback is a terminal GENERATE_AUDIO_FAILED with code 501 whatever data.data is."""
+    """An error callback claims GENERATE_AUDIO_FAILED, code 501, whatever data.data is."""
     snapshot = callback(name)
     assert snapshot.status is TaskStatus.GENERATE_AUDIO_FAILED
-    assert (snapshot.is_terminal, snapshot.failed, snapshot.tracks) == (True, True, ())
+    assert (snapshot.is_terminal, snapshot.failed, snapshot.tracks) == (False, False, ())
+    assert final_claim(snapshot)
     assert (snapshot.error_code, snapshot.error_message) == (501, "Audio generation failed")
 
 
-def test_failed_callback_type_and_non_200_code_are_failures() -> None:
-    """callbackType "failed" (a clone's spelling) or a non-200 code also mean failure."""
+def test_failed_callback_type_and_non_200_code_claim_failure() -> None:
+    """callbackType "failed" (a clone's spelling) or a non-200 code: a failure claim, polled."""
     for payload in (
         {"code": 200, "data": {"callbackType": "failed", "task_id": "t"}},
         {"code": 531, "msg": "refunded", "data": {"callbackType": "complete", "task_id": "t"}},
+        {"code": 531, "msg": "refunded", "data": {"task_id": "t"}},  # no type at all
     ):
         snapshot = snapshot_from_callback(payload)
-        assert (snapshot.failed, snapshot.status) == (True, TaskStatus.GENERATE_AUDIO_FAILED)
+        assert snapshot.status == TaskStatus.GENERATE_AUDIO_FAILED
+        assert final_claim(snapshot)
+        assert not snapshot.failed
 
 
 def test_callback_task_id_may_be_camel_case() -> None:
@@ -394,15 +401,17 @@ def test_callback_task_id_may_be_camel_case() -> None:
     assert snapshot_from_callback(payload).task_id == "t9"
 
 
-def test_unknown_callback_type_is_not_terminal() -> None:
-    """An undocumented callbackType is kept as a non-terminal, non-failed status."""
-    payload = {"code": 200, "data": {"callbackType": "remixing", "task_id": "t", "data": []}}
-    snapshot = snapshot_from_callback(payload)
-    assert (snapshot.status, snapshot.is_terminal, snapshot.failed) == (
-        "UNKNOWN_CALLBACK_REMIXING",
-        False,
-        False,
-    )
+@pytest.mark.parametrize(
+    "kind", ["remixing", "bogus", "complete ", "SUCCESS", "exception", "", None, 7, ["text"]]
+)
+def test_unknown_callback_types_are_rejected(kind: Any) -> None:
+    """A callbackType Kie does not send (or none, with code 200) is refused with a 400."""
+    payload = {"code": 200, "data": {"callbackType": kind, "task_id": "t", "data": []}}
+    if kind is None:
+        del payload["data"]["callbackType"]  # type: ignore[attr-defined]
+    with pytest.raises(CallbackRejected) as info:
+        snapshot_from_callback(payload)
+    assert info.value.http_status == 400
 
 
 def test_callback_without_task_id_is_rejected() -> None:
@@ -411,11 +420,14 @@ def test_callback_without_task_id_is_rejected() -> None:
         snapshot_from_callback({"code": 200, "data": {"callbackType": "text"}})
 
 
-def test_callback_with_unreadable_tracks_is_rejected() -> None:
-    """A callback whose track items cannot be read is rejected, not half-parsed."""
+def test_a_callbacks_tracks_are_counted_never_read() -> None:
+    """Track items are not read (no work, no URLs); more than MAX_TRACKS of them is a 400."""
     payload = {"code": 200, "data": {"callbackType": "first", "task_id": "t", "data": [3]}}
-    with pytest.raises(CallbackRejected):
+    assert snapshot_from_callback(payload).tracks == ()
+    payload["data"]["data"] = [{}] * (MAX_TRACKS + 1)  # type: ignore[index]
+    with pytest.raises(CallbackRejected) as info:
         snapshot_from_callback(payload)
+    assert info.value.http_status == 400
 
 
 # --- fuzzing: only kiemashup errors escape --------------------------------------------
@@ -515,14 +527,6 @@ def test_callback_with_infinite_code_is_read_not_crashed() -> None:
     body = b'{"code": Infinity, "data": {"callbackType": "text", "task_id": "t", "data": []}}'
     snapshot = parse_callback_at({}, body, hmac_key=None, now=0.0)
     assert (snapshot.status, snapshot.error_code) == (TaskStatus.TEXT_SUCCESS, None)
-
-
-def test_callback_type_exception_is_not_mistaken_for_a_status() -> None:
-    """callbackType "exception" cannot become the terminal CALLBACK_EXCEPTION status."""
-    payload = {"code": 200, "data": {"callbackType": "exception", "task_id": "t", "data": []}}
-    snapshot = snapshot_from_callback(payload)
-    assert not snapshot.is_terminal
-    assert snapshot.status == "UNKNOWN_CALLBACK_EXCEPTION"
 
 
 def _converter_track(raw: dict[str, Any]) -> Track | str:

@@ -1,6 +1,11 @@
-"""Kie's callbacks without I/O: decode, verify the signature, and read a snapshot.
+"""Kie's callbacks without I/O: bound, decode, verify the signature, and read a claim.
 
-This module performs no I/O and reads no clock: the current time is an argument.
+Trust (``_core.state`` rule 6): Kie signs the task id and a timestamp, not the body, so
+a callback's snapshot is a claim: never terminal or failed, at most FIRST, no tracks.
+Bounds: every body is refused before any recursion or per-track work when it holds more
+than ``MAX_CONTAINERS`` JSON objects and arrays (which bounds nesting too), more than
+``MAX_TRACKS`` tracks, a task id over ``MAX_TASK_ID`` characters, or a ``callbackType``
+Kie does not send. This module performs no I/O and reads no clock: ``now`` is an argument.
 """
 
 from __future__ import annotations
@@ -9,15 +14,17 @@ import base64
 import hashlib
 import hmac
 import json
+import re
+from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-from kiemashup._core.errors import CallbackRejected, ProtocolError
+from kiemashup._core.errors import CallbackRejected
 from kiemashup._core.models import TaskSnapshot
 from kiemashup._core.protocol import optional_int, optional_str
 from kiemashup._core.state import make_snapshot
-from kiemashup._core.wire import structure_tracks
 
+#: Kie's callbackType values and the status each one claims.
 CALLBACK_STATUS = {
     "text": "TEXT_SUCCESS",
     "first": "FIRST_SUCCESS",
@@ -25,6 +32,11 @@ CALLBACK_STATUS = {
     "error": "GENERATE_AUDIO_FAILED",
     "failed": "GENERATE_AUDIO_FAILED",
 }
+MAX_TRACKS = 8  # Kie sends 2; a callback's tracks are never read (rule 6), only counted
+MAX_CONTAINERS = 256  # JSON objects + arrays in one body (Kie's has about 6)
+MAX_TASK_ID = 128  # Kie's task ids are 32 characters
+MAX_MESSAGE = 1_000  # characters of ``msg`` kept
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # a JSON string literal
 
 
 def callback_task_id(payload: Any) -> str | None:
@@ -32,57 +44,79 @@ def callback_task_id(payload: Any) -> str | None:
     if not isinstance(payload, dict):
         return None
     data = payload.get("data")
-    if isinstance(data, dict):
-        for key in ("task_id", "taskId"):
-            value = data.get(key)
-            if isinstance(value, str) and value:
-                return value
-    for key in ("task_id", "taskId"):
-        value = payload.get(key)
-        if isinstance(value, str) and value:
-            return value
+    for where in (data, payload):
+        if isinstance(where, dict):
+            for key in ("task_id", "taskId"):
+                value = where.get(key)
+                if isinstance(value, str) and value:
+                    return value
     return None
 
 
+def count_containers(body: bytes) -> int:
+    """How many JSON objects and arrays ``body`` opens, string contents aside (C-speed scans).
+
+    Counting every bracket is nearly free and never undercounts; only a body over the
+    limit that way (lyrics full of ``[Verse]``, say) pays for stripping its strings.
+    """
+    rough = body.count(b"{") + body.count(b"[")
+    if rough <= MAX_CONTAINERS:
+        return rough
+    bare = _STRING.sub(b"", body)
+    return bare.count(b"{") + bare.count(b"[")
+
+
 def decode_callback_body(body: bytes) -> dict[str, Any]:
-    """The JSON object of a callback body, or ``CallbackRejected``."""
+    """The JSON object of a callback body, or ``CallbackRejected`` (400).
+
+    The container count is checked first: it bounds nesting depth, so no body can
+    drive the JSON decoder into deep recursion, and a huge array of objects is refused
+    before it is built.
+    """
+    if count_containers(body) > MAX_CONTAINERS:
+        raise CallbackRejected("body too deeply nested or too many objects", http_status=400)
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CallbackRejected("body is not JSON", http_status=400) from exc
     if not isinstance(payload, dict):
         raise CallbackRejected("body is not a JSON object", http_status=400)
     return payload
 
 
+def _claimed_status(data: dict[str, Any], code: int | None) -> str:
+    kind = data.get("callbackType", data.get("callback_type"))
+    status = CALLBACK_STATUS.get(kind.lower()) if isinstance(kind, str) else None
+    if status is not None:
+        return status
+    if kind is None and code is not None and code != 200:
+        return "GENERATE_AUDIO_FAILED"  # an error reply without its type: ask a poll
+    raise CallbackRejected("unknown callbackType", http_status=400)
+
+
 def snapshot_from_callback(payload: dict[str, Any]) -> TaskSnapshot:
-    """The same ``TaskSnapshot`` a poll would give, from a snake_case callback payload."""
+    """The claim a callback payload makes, as a ``TaskSnapshot`` (``confirmed`` False)."""
     task_id = callback_task_id(payload)
     if task_id is None:
         raise CallbackRejected("no task id in body", http_status=400)
+    if len(task_id) > MAX_TASK_ID:
+        raise CallbackRejected("task id too long", http_status=400)
     data = payload.get("data")
     data = data if isinstance(data, dict) else {}
-    kind = data.get("callbackType", data.get("callback_type"))
-    kind = kind.lower() if isinstance(kind, str) else ""
+    tracks = data.get("data")
+    if isinstance(tracks, list) and len(tracks) > MAX_TRACKS:
+        raise CallbackRejected(f"more than {MAX_TRACKS} tracks", http_status=400)
     code = optional_int(payload.get("code"))
-    msg = optional_str(payload.get("msg"))
-    try:
-        tracks = structure_tracks(data.get("data") if isinstance(data.get("data"), list) else None)
-    except ProtocolError as exc:
-        raise CallbackRejected(f"tracks cannot be read: {exc}", http_status=400) from exc
-    failed = kind in ("error", "failed") or (code is not None and code != 200)
-    if failed:
-        return make_snapshot(
-            task_id,
-            "GENERATE_AUDIO_FAILED",
-            tracks,
-            error_code=code,
-            error_message=msg or optional_str(data.get("error")),
-            source="callback",
-        )
-    # An unknown type is kept under a name that can never collide with a real status.
-    status = CALLBACK_STATUS.get(kind, f"UNKNOWN_CALLBACK_{kind.upper()}")
-    return make_snapshot(task_id, status, tracks, source="callback")
+    status = _claimed_status(data, code)
+    message = optional_str(payload.get("msg")) or optional_str(data.get("error"))
+    failed = status == "GENERATE_AUDIO_FAILED" or (code is not None and code != 200)
+    return make_snapshot(
+        task_id,
+        "GENERATE_AUDIO_FAILED" if failed else status,
+        error_code=code if failed else None,
+        error_message=message[:MAX_MESSAGE] if failed and message else None,
+        source="callback",
+    )
 
 
 def sign(task_id: str, timestamp: str, key: str) -> str:
@@ -101,23 +135,64 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     return value
 
 
+def _timestamp(raw: str) -> str:
+    """The timestamp header as Kie signs it: ASCII digits, HTTP's own spaces trimmed.
+
+    One normal form for the signature and the replay key alike: ``str.strip`` and
+    ``int`` would accept Unicode spaces and digits, so an NBSP appended to a captured
+    header would make an old delivery look new.
+    """
+    text = raw.strip(" \t")
+    if not (text.isascii() and text.isdigit() and len(text) <= 12):
+        raise CallbackRejected("timestamp is not an integer", http_status=401)
+    return text
+
+
 def verify_signature(
     headers: Mapping[str, str], task_id: str, key: str, *, now: float, window: float = 300.0
-) -> None:
-    """Check ``X-Webhook-Signature`` and ``X-Webhook-Timestamp``; raise ``CallbackRejected``."""
-    timestamp = _header(headers, "X-Webhook-Timestamp")
+) -> str:
+    """Check ``X-Webhook-Signature`` and ``X-Webhook-Timestamp``; the normalised timestamp.
+
+    Raises ``CallbackRejected`` (401) for a missing, stale or wrong signature.
+    """
+    raw_timestamp = _header(headers, "X-Webhook-Timestamp")
     signature = _header(headers, "X-Webhook-Signature")
-    if not timestamp or not signature:
+    if not raw_timestamp or not signature:
         raise CallbackRejected("missing signature headers", http_status=401)
-    try:
-        ts = int(timestamp.strip())
-    except ValueError as exc:
-        raise CallbackRejected("timestamp is not an integer", http_status=401) from exc
-    if abs(now - ts) > window:
+    timestamp = _timestamp(raw_timestamp)
+    if abs(now - int(timestamp)) > window:
         raise CallbackRejected("timestamp outside the allowed window", http_status=401)
-    expected = sign(task_id, timestamp.strip(), key)
-    if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
+    expected = sign(task_id, timestamp, key)
+    given = signature.strip(" \t")
+    if not given.isascii() or not hmac.compare_digest(expected.encode(), given.encode()):
         raise CallbackRejected("signature does not match", http_status=401)
+    return timestamp
+
+
+class Delivery(NamedTuple):
+    """One callback read: its claim, and the signed timestamp (None when unsigned)."""
+
+    snapshot: TaskSnapshot
+    timestamp: str | None
+
+
+def read_callback(
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    hmac_key: str | None,
+    now: float,
+    window: float = 300.0,
+) -> Delivery:
+    """Bound, decode, verify (when a key is given) and parse one callback delivery."""
+    payload = decode_callback_body(body)
+    timestamp = None
+    if hmac_key is not None:
+        task_id = callback_task_id(payload)
+        if task_id is None:
+            raise CallbackRejected("no task id in body", http_status=400)
+        timestamp = verify_signature(headers, task_id, hmac_key, now=now, window=window)
+    return Delivery(snapshot_from_callback(payload), timestamp)
 
 
 def parse_callback_at(
@@ -129,10 +204,32 @@ def parse_callback_at(
     window: float = 300.0,
 ) -> TaskSnapshot:
     """Verify (when a key is given) and parse one callback delivery at time ``now``."""
-    payload = decode_callback_body(body)
-    if hmac_key is not None:
-        task_id = callback_task_id(payload)
-        if task_id is None:
-            raise CallbackRejected("no task id in body", http_status=400)
-        verify_signature(headers, task_id, hmac_key, now=now, window=window)
-    return snapshot_from_callback(payload)
+    return read_callback(headers, body, hmac_key=hmac_key, now=now, window=window).snapshot
+
+
+class ReplayGuard:
+    """Signed deliveries seen before, by (task, normalised timestamp, claimed status).
+
+    Not keyed on the signature alone: it covers only task id and timestamp, so two
+    genuine stages sent within one second carry the same one. Bounded: the oldest
+    are forgotten first (a delivery older than the signature window is refused anyway).
+    """
+
+    __slots__ = ("_seen", "size")
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size = size
+        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+
+    def replayed(self, delivery: Delivery) -> bool:
+        """True when ``delivery`` was seen before; otherwise remember it."""
+        if delivery.timestamp is None:
+            return False  # unsigned: nothing to tell a replay from a repeat by
+        snapshot = delivery.snapshot
+        key = (snapshot.task_id, delivery.timestamp, str(snapshot.status))
+        if key in self._seen:
+            return True
+        self._seen[key] = None
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+        return False

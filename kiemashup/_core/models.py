@@ -88,6 +88,11 @@ class TaskSnapshot:
     is built, so no snapshot can claim a stage its status and tracks do not prove. A
     known status string becomes its ``TaskStatus`` member. ``source`` says where the
     snapshot came from: ``"poll"``, ``"callback"``, ``"submit"`` or ``"journal"``.
+
+    A snapshot from a callback is Kie's unconfirmed word (the signature does not cover
+    the body): it is never terminal or failed, its stage is at most FIRST, and it
+    carries no tracks (``confirmed`` is False). Only a poll makes a task COMPLETE or
+    failed and brings audio URLs (``_core.state``, rule 6).
     """
 
     task_id: str
@@ -105,11 +110,18 @@ class TaskSnapshot:
         from kiemashup._core.state import classify, coerce_status
 
         status = coerce_status(self.status)
-        stage, terminal, failed = classify(status, self.tracks)
+        if self.source == "callback":  # rule 6: a callback's URLs are never shown
+            object.__setattr__(self, "tracks", ())
+        stage, terminal, failed = classify(status, self.tracks, confirmed=self.confirmed)
         object.__setattr__(self, "status", status)
         object.__setattr__(self, "stage", stage)
         object.__setattr__(self, "is_terminal", terminal)
         object.__setattr__(self, "failed", failed)
+
+    @property
+    def confirmed(self) -> bool:
+        """False for a callback's snapshot: Kie's word, not yet agreed by a poll."""
+        return self.source != "callback"
 
     @property
     def playable_tracks(self) -> tuple[Track, ...]:

@@ -73,10 +73,10 @@ class RateLimits:
 
     Submits are paced to ``submits_per_window`` per ``submit_window`` seconds, with a
     margin, counted the way Kie counts them (by arrival). The total request rate is
-    adaptive by default (``requests_per_second=None``): no cap until Kie answers 429
-    or 455, then it backs off to what Kie accepted (honouring ``Retry-After``) and
-    grows back when the push-back stops. A number sets a fixed ceiling instead
-    (still backing off below it). ``max_in_flight`` must stay below
+    adaptive by default (``requests_per_second=None``): no cap until Kie's 429s are a
+    real share of its replies, then it backs off to what Kie accepted (honouring
+    ``Retry-After``) and grows back when the push-back stops. A number sets a fixed
+    ceiling instead, never adapted. ``max_in_flight`` must stay below
     ``connection_limit`` so that requests never queue inside the connection pool
     (where they could time out unsent).
     """

@@ -15,7 +15,13 @@ Rules:
 5. A task's view only moves forward (``advance``): a terminal snapshot is final, and a
    non-terminal one replaces the current one if it is at a later stage, or at the same
    stage with a new status (the server's word, e.g. an unknown status after PENDING) or
-   more playable tracks, never with fewer. A duplicate changes nothing.
+   more playable tracks, never with fewer. A duplicate changes nothing. A confirmed
+   snapshot (a poll's) replaces an unconfirmed one (a callback's) at the same stage.
+6. No callback ever makes a task COMPLETE or failed on its own (the signature covers the
+   task id and timestamp, not the body: KIE-API.md §3.3). A callback's snapshot is
+   never terminal or failed, its stage is at most FIRST, and it carries no tracks; a
+   final callback (``final_claim``) only asks for a confirming poll. A wait may act
+   on a callback's TEXT (``trusted_stage``); FIRST and COMPLETE need a poll that agrees.
 """
 
 from __future__ import annotations
@@ -79,9 +85,13 @@ def row_for(status: TaskStatus | str) -> Row:
     return TABLE.get(status, UNKNOWN_ROW) if isinstance(status, TaskStatus) else UNKNOWN_ROW
 
 
-def classify(status: TaskStatus | str, tracks: tuple[Track, ...]) -> Verdict:
-    """The (stage, terminal, failed) verdict for a status and its tracks (rules 1-4)."""
+def classify(
+    status: TaskStatus | str, tracks: tuple[Track, ...], *, confirmed: bool = True
+) -> Verdict:
+    """The (stage, terminal, failed) verdict for a status and its tracks (rules 1-4, 6)."""
     row = row_for(status)
+    if not confirmed:  # rule 6: a claim, never an outcome
+        return Verdict(Stage.PENDING if row.failed else min(row.stage, Stage.FIRST), False, False)
     if not row.tracks_decide:
         return Verdict(row.stage, row.terminal, row.failed)
     if status is TaskStatus.CALLBACK_EXCEPTION and tracks and all(t.playable for t in tracks):
@@ -119,12 +129,24 @@ def advance(current: TaskSnapshot | None, new: TaskSnapshot) -> TaskSnapshot | N
         return new
     if new.stage != current.stage:
         return new if new.stage > current.stage else None
+    if new.confirmed != current.confirmed:  # a poll agrees with a callback: it wins
+        return new if new.confirmed else None
     more, kept = len(new.playable_tracks), len(current.playable_tracks)
     if more > kept or (more == kept and new.status != current.status):
         return new
     return None
 
 
+def trusted_stage(snapshot: TaskSnapshot) -> Stage:
+    """The stage a wait may act on (rule 6): a callback's word counts up to TEXT only."""
+    return snapshot.stage if snapshot.confirmed else min(snapshot.stage, Stage.TEXT)
+
+
+def final_claim(snapshot: TaskSnapshot) -> bool:
+    """True for a callback claiming an outcome (complete or error): confirm it by a poll."""
+    return not snapshot.confirmed and row_for(snapshot.status).terminal
+
+
 def reached(snapshot: TaskSnapshot | None, stage: Stage) -> bool:
     """True when a wait for ``stage`` can return ``snapshot`` (successfully)."""
-    return snapshot is not None and not snapshot.failed and snapshot.stage >= stage
+    return snapshot is not None and not snapshot.failed and trusted_stage(snapshot) >= stage

@@ -83,28 +83,40 @@ class RequestBudget:
 
     While limited, at most ``rate`` requests go out in any ``window`` seconds (counted
     like a server's sliding window, so a burst is followed by a pause instead of more
-    push-back), spaced at least half their average interval apart. A push-back (429)
-    sets ``rate`` to 90 % of what the server accepted in the last ``window``
-    seconds (never above 85 % of the current rate), at most once per ``settle``
-    seconds of requests sent since the last cut, and pauses every request until its
-    ``Retry-After``. Accepted replies grow the rate by 10 % a second (at least 1 a
-    second); ``recover`` seconds without a push-back lift the adaptive cap
-    altogether. A fixed ``cap`` is never exceeded.
+    push-back), spaced at least half their average interval apart.
+
+    A 429 is a rate signal only when push-backs are a real share of the replies: at
+    least ``min_push_backs`` of them and ``share`` of all replies in the last ``window``
+    seconds. A stray 429 (Kie's per-task limit, say) is left to that request's own
+    retry, which honours its ``Retry-After``: cutting the whole client for it would
+    throttle every task for nothing. A real push-back sets ``rate`` to 90 % of what
+    the server accepted in the last window (never above 85 % of the current rate), at
+    most once per ``settle`` seconds of requests sent since the last cut, and pauses
+    every request until its ``Retry-After``. Accepted replies grow the rate by 10 % a
+    second (at least 1) up to 95 % of what the server accepted when it pushed back, by
+    2 % a second past that (probing gently where push-back began); ``recover``
+    seconds without a push-back lift the adaptive cap altogether. A fixed ``cap`` is
+    the caller's choice: it is never exceeded and never adapted (each 429 is left to
+    its request's retry).
     """
 
     __slots__ = (
         "_accepted",
+        "_ceiling",
         "_cut_at",
         "_grown_at",
         "_last",
         "_paused_until",
+        "_pushed",
         "_sends",
         "cap",
         "cuts",
         "floor",
+        "min_push_backs",
         "rate",
         "recover",
         "settle",
+        "share",
         "window",
     )
 
@@ -116,6 +128,8 @@ class RequestBudget:
         window: float = 1.0,
         settle: float = 0.5,
         recover: float = 60.0,
+        share: float = 0.05,
+        min_push_backs: int = 3,
     ) -> None:
         self.cap = cap
         self.rate: float | None = cap  # requests per window; None: not limited
@@ -123,12 +137,16 @@ class RequestBudget:
         self.window = window
         self.settle = settle
         self.recover = recover
+        self.share = share
+        self.min_push_backs = min_push_backs
         self.cuts = 0
         self._last = float("-inf")
         self._paused_until = float("-inf")
         self._cut_at = float("-inf")
         self._grown_at = float("-inf")
+        self._ceiling = math.inf  # what the server accepted when it last pushed back
         self._accepted: deque[float] = deque()
+        self._pushed: deque[float] = deque()
         self._sends: deque[float] = deque()  # slots taken while limited (some in the future)
 
     def reserve(self, now: float, horizon: float = math.inf) -> float:
@@ -155,13 +173,16 @@ class RequestBudget:
         self._last = start
         return start - now
 
+    def _recent(self, log: deque[float], now: float) -> int:
+        horizon = now - self.window
+        while log and log[0] < horizon:
+            log.popleft()
+        return len(log)
+
     def accepted(self, now: float) -> None:
         """A reply that was not a push-back (any other status counts)."""
-        accepted = self._accepted
-        accepted.append(now)
-        horizon = now - self.window
-        while accepted[0] < horizon:
-            accepted.popleft()
+        self._accepted.append(now)
+        self._recent(self._accepted, now)
         rate = self.rate
         if rate is None or rate == self.cap or now - self._cut_at < self.settle:
             return
@@ -169,39 +190,37 @@ class RequestBudget:
             self.rate = None
             self._sends.clear()
             return
-        grown = rate + max(1.0, 0.1 * rate) * min(1.0, now - max(self._grown_at, self._cut_at))
+        # Fast back to near where the server pushed back, then slowly past it.
+        step = max(1.0, 0.1 * rate) if rate < 0.95 * self._ceiling else max(0.5, 0.02 * rate)
+        grown = rate + step * min(1.0, now - max(self._grown_at, self._cut_at))
         self._grown_at = now
         self.rate = grown if self.cap is None else min(grown, self.cap)
 
-    def unavailable(self, now: float, retry_after: float | None = None) -> None:
-        """A 455 (maintenance): pause every request a while, but keep the rate.
-
-        The service being down says nothing about how fast it accepts requests: cutting
-        the rate here would leave the client crawling long after maintenance ends.
-        """
-        pause = retry_after if retry_after is not None and retry_after > 0 else self.window
-        self._paused_until = max(self._paused_until, now + pause)
-
-    def pushed_back(self, now: float, sent_at: float, retry_after: float | None) -> None:
-        """A 429 reply to a request sent at ``sent_at``: the server's rate limit."""
+    def pushed_back(self, now: float, sent_at: float, retry_after: float | None) -> bool:
+        """A 429 reply to a request sent at ``sent_at``; True when it cut the rate."""
+        if self.cap is not None:
+            return False  # a fixed cap is the caller's choice: each request retries alone
+        self._pushed.append(now)
+        pushed = self._recent(self._pushed, now)
+        accepted = self._recent(self._accepted, now)
+        if pushed < self.min_push_backs or pushed < self.share * (pushed + accepted):
+            return False  # a stray 429: that request's own retry deals with it
+        if sent_at < self._cut_at + self.settle:
+            return False  # sent before the last cut could take effect: already counted
         if retry_after is not None and retry_after > 0:
             self._paused_until = max(self._paused_until, now + retry_after)
-        if sent_at < self._cut_at + self.settle:
-            return  # sent before the last cut could take effect: already accounted for
-        accepted = self._accepted
-        horizon = now - self.window
-        while accepted and accepted[0] < horizon:
-            accepted.popleft()
-        target = 0.9 * len(accepted)
+        self._ceiling = accepted
+        target = 0.9 * accepted
         if self.rate is not None:
             target = min(target, 0.85 * self.rate)
         self.rate = max(self.floor, target)
         # The server's window is full: what it accepted lately must age out first.
-        self._sends = deque(accepted)
+        self._sends = deque(self._accepted)
         self._last = max(self._last, now)
         self._cut_at = now
         self._grown_at = now
         self.cuts += 1
+        return True
 
 
 class CreationWindow:
