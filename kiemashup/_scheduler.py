@@ -116,6 +116,7 @@ class PollScheduler:
         self._runner: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._polls: set[asyncio.Task[None]] = set()
+        self._clock: Callable[[], float] | None = None  # the running loop's, once known
         self._on_crash = on_crash
         self._on_overdue = on_overdue
         self._on_recovered = on_recovered
@@ -146,12 +147,23 @@ class PollScheduler:
         if plan.watchers == 1 and plan.due is None and not plan.in_flight:
             self._plan(state, plan, self._first_delay(state, plan))
 
+    def _floor(self, plan: _Plan) -> float:
+        """Seconds until ``plan``'s task may be polled again (Kie's per-task limit)."""
+        if plan.last_reply == float("-inf"):
+            return 0.0  # never polled: now (the one rule below is what counts otherwise)
+        now = self.now()
+        return next_poll_at(plan.last_reply, now, self.policy) - now
+
     def unwatch(self, state: TaskState) -> None:
         """A waiter left; the task stops being polled when nobody is left."""
         self._plan_of(state).watchers -= 1
 
     def now(self) -> float:
-        return asyncio.get_running_loop().time()
+        """The event loop's clock (its ``time`` method, looked up once: this path is hot)."""
+        clock = self._clock
+        if clock is None:
+            clock = self._clock = asyncio.get_running_loop().time
+        return clock()
 
     # --- callbacks (told by the client) ---------------------------------------------------------
 
@@ -238,10 +250,6 @@ class PollScheduler:
                 overdue_at = heard + callback_deadline(known, policy, typical)
                 delay = max(delay, overdue_at - now)
         return max(delay, self._floor(plan))
-
-    def _floor(self, plan: _Plan) -> float:
-        now = self.now()
-        return next_poll_at(plan.last_reply, now, self.policy) - now
 
     def _plan(self, state: TaskState, plan: _Plan, delay: float) -> None:
         due = self.now() + delay

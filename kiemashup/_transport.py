@@ -251,6 +251,10 @@ class Transport:
             await self._session.close()
         self._session = None
 
+    def _turn_now(self) -> bool:
+        """Take a slot of the request budget if one is free now (no coroutine: hot path)."""
+        return self.budget.reserve(self._clock(), horizon=0.0) <= 0
+
     async def _wait_turn(self) -> None:
         """The client's request budget: wait for this request's slot."""
         budget = self.budget
@@ -285,7 +289,8 @@ class Transport:
         it is handed to aiohttp.
         """
         session = self.session
-        await self._wait_turn()
+        if not self._turn_now():
+            await self._wait_turn()
         async with self._in_flight:
             if before_leaving is not None:
                 await before_leaving()
@@ -310,7 +315,8 @@ class Transport:
         """GET a public URL without the API key, under the client's caps; stream its body."""
         session = self.session
         what = f"GET {url.split('?')[0]}"
-        await self._wait_turn()
+        if not self._turn_now():
+            await self._wait_turn()
         async with self._in_flight:
             self.requests_sent += 1
             try:
