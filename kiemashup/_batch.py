@@ -33,6 +33,7 @@ import attrs
 from kiemashup._core.errors import JournalError, KieError, SubmitOutcomeUnknown, TaskFailedError
 from kiemashup._core.models import Stage, TaskSnapshot
 from kiemashup._core.request import MashupRequest
+from kiemashup._core.state import reached, trusted_stage
 from kiemashup._handle import TaskHandle
 from kiemashup._journal import (
     Entry,
@@ -256,7 +257,7 @@ class _Run:
         if entry.event == "failed" and snap is not None:
             self._note(index, "failed")
             return BatchItem(index, request, entry.task_id, snap, TaskFailedError(snap), True)
-        if entry.event == "done" and snap is not None and snap.stage >= self.stage:
+        if entry.event == "done" and snap is not None and reached(snap, self.stage):
             self._note(index, "done")
             return BatchItem(index, request, entry.task_id, snap, None, True)
         if entry.unknown and not self.resubmit_unknown and not entry.key:
@@ -270,11 +271,12 @@ class _Run:
         task_id = handle.task_id
         try:
             snapshot = handle.latest
-            if snapshot is None or not (snapshot.stage >= self.stage or snapshot.is_terminal):
+            # reached(): a callback's FIRST is not a FIRST until a poll agrees (rule 6).
+            if snapshot is None or not (reached(snapshot, self.stage) or snapshot.is_terminal):
                 updates = handle.updates()
                 try:
                     async for snapshot in updates:
-                        if snapshot.stage >= self.stage or snapshot.is_terminal:
+                        if reached(snapshot, self.stage) or snapshot.is_terminal:
                             break
                         if snapshot.stage > Stage.PENDING:
                             stage = snapshot.stage.name
@@ -301,7 +303,7 @@ class _Run:
             work,
             "done",
             task=task_id,
-            stage=snapshot.stage.name,
+            stage=trusted_stage(snapshot).name,
             snapshot=snapshot_record(snapshot),
         )
         self._note(index, "done")
@@ -414,14 +416,16 @@ class Batch:
         # once, and close the journal once the workers have finished.
         if self._closed or not self._workers:
             return
+        self._closed = True
         for task in self._workers:
             task.cancel()
-        with contextlib.suppress(RuntimeError):  # no running loop any more
-            loop = self._workers[0].get_loop()
+        loop = self._workers[0].get_loop()
+        if loop.is_closed():  # nothing can run any more (and no coroutine is left unawaited)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             finishing = loop.create_task(_finish(self._workers, self._journal))
             _FINISHING.add(finishing)  # the loop keeps only a weak reference to tasks
             finishing.add_done_callback(_FINISHING.discard)
-        self._closed = True
 
 
 #: Clean-ups of batches dropped unclosed, kept alive until they are done.

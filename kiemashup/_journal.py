@@ -85,7 +85,9 @@ def snapshot_record(snapshot: TaskSnapshot) -> dict[str, Any]:
 def snapshot_from_record(data: dict[str, Any]) -> TaskSnapshot:
     """The snapshot a ``snapshot_record`` dict describes, rebuilt by ``make_snapshot``.
 
-    Raises ``ValueError`` (or ``TypeError``/``KeyError``) when the record is not one.
+    A callback's claim stays a claim (``source="callback"``): the journal never turns
+    Kie's unconfirmed word into a confirmed snapshot. Raises ``ValueError`` (or
+    ``TypeError``/``KeyError``) when the record is not one.
     """
     task_id, status = data["task_id"], data["status"]
     if not isinstance(task_id, str) or not isinstance(status, str):
@@ -105,7 +107,7 @@ def snapshot_from_record(data: dict[str, Any]) -> TaskSnapshot:
         tuple(Track(**track) for track in tracks),
         error_code=code,
         error_message=message,
-        source="journal",
+        source="callback" if data.get("source") == "callback" else "journal",
     )
 
 
