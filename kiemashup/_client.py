@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from kiemashup._batch import RECOVER_WAIT, Batch, OnProgress, run_batch
-from kiemashup._core.callbacks import ReplayGuard, read_callback
+from kiemashup._core.callbacks import ReplayGuard, body_bytes, read_callback
 from kiemashup._core.errors import (
     APIError,
     CallbackRejected,
@@ -39,7 +39,7 @@ from kiemashup._core.protocol import (
 from kiemashup._core.request import MashupRequest
 from kiemashup._core.state import final_claim, make_snapshot
 from kiemashup._handle import Hooks, TaskHandle, TaskState
-from kiemashup._receiver import MAX_BODY, CallbackReceiver
+from kiemashup._receiver import MAX_BODY, CallbackReceiver, usable_hmac_key
 from kiemashup._scheduler import PollScheduler
 from kiemashup._transfer import FileTransfer, Progress, UploadSource
 from kiemashup._transport import OnOrphan, OrphanedSubmit, Transport, new_submit_key
@@ -58,18 +58,25 @@ KEYS_MAX = 10_000  # per-submit keys remembered from keyed callbacks, at most
 
 
 def _early_weight(snapshots: list[TaskSnapshot]) -> int:
-    """About how many bytes kept callbacks hold (a claim has no tracks: ids and message)."""
-    return sum(
-        256 + len(s.task_id) + len(s.error_message or "") + len(str(s.status)) for s in snapshots
-    )
+    """About how many bytes kept callbacks hold (a claim has no tracks: ids and message).
+
+    Task ids are ASCII (longer ones are refused); a message may not be, so its
+    characters count four bytes each then, as Python may store them.
+    """
+    return sum(256 + len(s.task_id) + _text_bytes(s.error_message) for s in snapshots)
+
+
+def _text_bytes(text: str | None) -> int:
+    if not text:
+        return 0
+    return len(text) if text.isascii() else 4 * len(text)
 
 
 def _usable_webhook_key(key: str | None, receiver: CallbackReceiver | None) -> str | None:
     """The key callbacks are verified with; a key the client cannot use is an error."""
     if key is None:
         return receiver.hmac_key if receiver is not None else None
-    if not isinstance(key, str) or not key.strip():
-        raise KieError("webhook_hmac_key must be a non-empty string (Kie's webhookHmacKey)")
+    usable_hmac_key(key, "webhook_hmac_key")
     if receiver is not None and key != receiver.hmac_key:
         # The receiver verifies its own deliveries: a different key here would leave
         # them checked against another key than the one you meant.
@@ -528,7 +535,7 @@ class MashupClient:
         ``CallbackRejected``, whose ``http_status`` is the status to answer; answer 200
         otherwise. Never blocks.
         """
-        raw = body.encode() if isinstance(body, str) else body
+        raw = body_bytes(body)
         if len(raw) > MAX_BODY:
             raise CallbackRejected("body too large", http_status=413)
         delivery = read_callback(headers, raw, hmac_key=self._webhook_key, now=time.time())

@@ -20,7 +20,13 @@ from types import TracebackType
 
 from aiohttp import web
 
-from kiemashup._core.callbacks import Delivery, ReplayGuard, parse_callback_at, read_callback
+from kiemashup._core.callbacks import (
+    Delivery,
+    ReplayGuard,
+    body_bytes,
+    parse_callback_at,
+    read_callback,
+)
 from kiemashup._core.errors import CallbackRejected, KieError
 from kiemashup._core.models import TaskSnapshot
 
@@ -76,19 +82,65 @@ _DELIVERY_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 def parse_callback(
     headers: Mapping[str, str],
-    body: bytes,
+    body: bytes | str,
     *,
     hmac_key: str | None = None,
     window: float = 300.0,
 ) -> TaskSnapshot:
     """Verify (when ``hmac_key`` is given) and parse one Kie callback into a ``TaskSnapshot``.
 
-    For endpoints on other frameworks: hand the result to ``client.feed(snapshot)``.
-    Raises ``CallbackRejected`` (with ``.http_status`` to answer) for bad input.
+    For endpoints on other frameworks (``client.handle_callback`` does this, drops
+    replays and feeds the client in one call). The result is a claim: see
+    ``TaskSnapshot.confirmed``. Raises ``CallbackRejected`` (with ``.http_status`` to
+    answer) for bad input.
     """
-    if len(body) > MAX_BODY:
+    raw = body_bytes(body)
+    if len(raw) > MAX_BODY:
         raise CallbackRejected("body too large", http_status=413)
-    return parse_callback_at(headers, body, hmac_key=hmac_key, now=time.time(), window=window)
+    return parse_callback_at(headers, raw, hmac_key=hmac_key, now=time.time(), window=window)
+
+
+def usable_hmac_key(key: object, what: str) -> str | None:
+    """``key`` if it can verify signatures (None: unsigned); an empty one is an error.
+
+    An empty key would verify signatures anyone can compute: never a silent no-op.
+    """
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key.strip():
+        raise KieError(f"{what} must be a non-empty string (Kie's webhookHmacKey) or None")
+    return key
+
+
+class _Throttle(logging.Filter):
+    """At most one line per ``interval`` seconds, with how many were left out; no traceback.
+
+    On aiohttp's own server logger for the receiver: a malformed request (TLS bytes, a
+    huge header, a bad chunk) is logged there with a traceback, once per request.
+    """
+
+    def __init__(self, interval: float = REJECT_LOG_INTERVAL) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last = float("-inf")
+        self._left_out = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._left_out += 1
+            return False
+        if self._left_out:
+            record.msg = f"{record.msg} (and {self._left_out} like it since the last line)"
+            self._left_out = 0
+        self._last = now
+        return True
+
+
+#: aiohttp's server messages for a receiver we serve: throttled, without tracebacks.
+HTTP_LOG = logging.getLogger("kiemashup.receiver.http")
+HTTP_LOG.addFilter(_Throttle())
 
 
 class CallbackReceiver:
@@ -117,7 +169,7 @@ class CallbackReceiver:
         self.host = host
         self.port = port
         self.public_url = public_url.rstrip("/") if public_url else None
-        self._hmac_key = hmac_key
+        self._hmac_key = usable_hmac_key(hmac_key, "hmac_key")
         self.window = window
         self.max_body = max_body
         self.body_timeout = body_timeout
@@ -190,7 +242,14 @@ class CallbackReceiver:
         if self._runner is not None:
             raise KieError("the receiver is already started")
         runner = web.AppRunner(
-            self.app, shutdown_timeout=self.shutdown_timeout, handle_signals=False, access_log=None
+            self.app,
+            shutdown_timeout=self.shutdown_timeout,
+            handle_signals=False,
+            access_log=None,
+            logger=HTTP_LOG,
+            # Kie sends plain JSON: a compressed body is refused unread, never inflated
+            # (200 KB of gzip inflate to 200 MB, half a second of the loop).
+            auto_decompress=False,
         )
         await runner.setup()
         try:

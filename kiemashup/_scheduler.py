@@ -29,6 +29,7 @@ import heapq
 import itertools
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, cast
 
@@ -52,6 +53,10 @@ from kiemashup._handle import TaskState
 
 log = logging.getLogger("kiemashup.scheduler")
 
+#: Seconds of normal polling after a complete or error callback that no poll has confirmed
+#: yet (Kie's record-info may lag its callback); then polls are a safety net again, so a
+#: forged final callback costs a few polls, not a poll every few seconds until the end.
+FINAL_CLAIM_FOLLOW_UP = 60.0
 TRANSIENT = (TransportError, RateLimitError, ServiceUnavailableError, ServerError, ProtocolError)
 T = TypeVar("T")
 
@@ -63,6 +68,7 @@ class _Plan:
         "busy",
         "callback_news",
         "callbacks_expected",
+        "claim_until",
         "confirm",
         "due",
         "failures",
@@ -90,6 +96,7 @@ class _Plan:
         self.callbacks_expected = False  # Kie will call back for this task (polls: safety net)
         self.callback_news = now  # when a callback last moved it (or callbacks began)
         self.news_stage: Stage | None = None  # the stage that news was about
+        self.claim_until: float | None = None  # normal polling after a final claim, until
 
 
 class PollScheduler:
@@ -122,6 +129,8 @@ class PollScheduler:
         self._on_recovered = on_recovered
         self.callbacks_overdue = False  # a probe found a task ahead of its callbacks
         # How long the next callback typically follows each stage's (learned, by stage).
+        # Samples of each gap (the last 9 tasks'), and their typical value once known.
+        self._gap_samples: list[deque[float]] = [deque(maxlen=9) for _ in range(3)]
         self._gaps: list[float | None] = [None, None, None]
         self.closed = False
         self.lateness: list[float] | None = None  # set to [] to record (benchmarks)
@@ -195,7 +204,9 @@ class PollScheduler:
         plan = self._plan_of(state)
         if final:
             self._learn(state, plan, Stage.COMPLETE)
-            plan.callbacks_expected = False
+            if plan.callbacks_expected:  # not if callbacks are overdue anyway
+                plan.callbacks_expected = False
+                plan.claim_until = self.now() + FINAL_CLAIM_FOLLOW_UP
         plan.confirm = True
         if not plan.in_flight and not self.closed:
             self._plan(state, plan, self._floor(plan))
@@ -208,8 +219,11 @@ class PollScheduler:
         came_from = plan.news_stage
         if plan.callbacks_expected and came_from is not None and stage == came_from + 1:
             known = self._gaps[came_from]
-            self._gaps[came_from] = typical_gap(known, now - plan.callback_news)
-            if known is None:  # the first estimate: tasks planned without one may go sooner
+            samples = self._gap_samples[came_from]
+            samples.append(now - plan.callback_news)
+            self._gaps[came_from] = typical_gap(samples)
+            if known is None and self._gaps[came_from] is not None:
+                # The first estimate: tasks planned without one may go sooner.
                 self._sooner(lambda other: other.news_stage == came_from)
         plan.callback_news = now
         plan.news_stage = stage
@@ -230,6 +244,11 @@ class PollScheduler:
         now = self.now()
         policy = self.policy
         rand = self._rand()
+        claim_until = plan.claim_until
+        if claim_until is not None and now >= claim_until:
+            # A final callback no poll has confirmed for a while: a forgery, most likely.
+            plan.claim_until = None
+            plan.callbacks_expected = True
         if plan.failures:
             delay = outage_interval(plan.failures, policy, rand)
         else:

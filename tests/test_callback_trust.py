@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import logging
 import time
@@ -404,3 +405,74 @@ async def test_the_early_callback_cache_is_bounded_in_bytes(server: FakeKieServe
         tracemalloc.stop()
         assert grown < 2 * EARLY_BYTES  # unbounded, this would be over 100 MB
         assert len(client._early) <= EARLY_MAX
+
+
+@pytest.mark.parametrize("key", ["", "  "])
+def test_a_receiver_key_that_verifies_nothing_is_an_error(key: str) -> None:
+    """CallbackReceiver(hmac_key="") would accept signatures anyone can make: it raises."""
+    with pytest.raises(KieError, match="hmac_key"):
+        CallbackReceiver(port=0, hmac_key=key)
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"X-Webhook-Timestamp": b"1", "X-Webhook-Signature": b"x"}, forged_body("t", "text")),
+        ({"X-Webhook-Timestamp": 1_700_000_000, "X-Webhook-Signature": "x"}, b"{}"),
+        ({"X-Webhook-Timestamp": ["1"], "X-Webhook-Signature": ["x"]}, b"{}"),
+        (None, forged_body("t", "text")),
+        ({}, "\ud800"),
+        ({}, memoryview(b"{not json")),
+        ({}, 12),
+        ({}, forged_body("\u00e9" * 10, "text")),
+    ],
+    ids=[
+        "bytes headers",
+        "int header",
+        "list headers",
+        "no headers",
+        "lone surrogate",
+        "memoryview",
+        "int body",
+        "non-ASCII task id",
+    ],
+)
+async def test_odd_inputs_to_handle_callback_are_only_ever_rejected(
+    server: FakeKieServer, headers: Any, body: Any
+) -> None:
+    """Whatever a framework hands over, handle_callback answers CallbackRejected, nothing else."""
+    async with MashupClient(
+        api_key=API_KEY, base_url=server.url, webhook_hmac_key=HMAC_KEY
+    ) as client:
+        with pytest.raises(CallbackRejected) as info:
+            client.handle_callback(headers, body)
+        assert info.value.http_status in (400, 401)
+
+
+async def test_compressed_and_malformed_requests_cost_little_and_log_no_traceback(
+    receiver: CallbackReceiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gzip bomb is refused uninflated; broken HTTP is logged throttled, without a traceback."""
+    caplog.set_level(logging.DEBUG)
+    bomb = gzip.compress(b" " * 50_000_000)
+    async with aiohttp.ClientSession() as http:
+        for url in (receiver.url, receiver.url + "x"):
+            started = time.process_time()
+            async with http.post(
+                url, data=bomb, headers={"Content-Encoding": "gzip"}, compress=None
+            ) as reply:
+                assert reply.status in (400, 404)
+            assert time.process_time() - started < 0.2  # not 50 MB inflated
+    host, port = receiver.host, receiver.port
+    for garbage in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b"GET / HTTP/1.1\r\n" * 3):
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(garbage + b"\r\n\r\n")
+            await writer.drain()
+            await reader.read()
+            writer.close()
+            await writer.wait_closed()
+    http_lines = [r for r in caplog.records if r.name == "kiemashup.receiver.http"]
+    assert len(http_lines) <= 2
+    assert all(r.exc_info is None for r in caplog.records if r.name.startswith("kiemashup"))
+    assert not [r for r in caplog.records if r.name == "aiohttp.server"]

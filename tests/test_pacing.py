@@ -21,6 +21,7 @@ from kiemashup._core.timing import (
     RequestBudget,
     callback_deadline,
     next_poll_at,
+    typical_gap,
 )
 
 # --- the creation window --------------------------------------------------------------------
@@ -369,3 +370,12 @@ def test_a_pending_task_is_probed_sooner_than_a_later_stage() -> None:
     assert callback_deadline(Stage.FIRST, policy) == policy.callback_grace
     short = PollPolicy(callback_grace=0.3)
     assert callback_deadline(Stage.PENDING, short) == 0.3
+
+
+def test_one_tasks_forged_gap_cannot_set_the_typical_gap() -> None:
+    """The typical gap is unknown until 3 tasks showed it, then their median: no outlier rules."""
+    assert typical_gap([]) is None
+    assert typical_gap([0.3, 90.0]) is None
+    assert typical_gap([0.3, 90.0, 92.0]) == 90.0  # a forged "first" 0.3 s after "text"
+    assert typical_gap([0.3, 0.4, 90.0, 91.0, 92.0]) == 90.0
+    assert callback_deadline(Stage.TEXT, PollPolicy(), typical_gap([0.3, 90.0, 92.0])) > 60

@@ -119,6 +119,8 @@ def snapshot_from_callback(payload: dict[str, Any]) -> TaskSnapshot:
         raise CallbackRejected("no task id in body", http_status=400)
     if len(task_id) > MAX_TASK_ID:
         raise CallbackRejected("task id too long", http_status=400)
+    if not task_id.isascii():  # Kie's ids are hex; this also keeps kept claims small in bytes
+        raise CallbackRejected("task id is not ASCII", http_status=400)
     data = payload.get("data")
     data = data if isinstance(data, dict) else {}
     tracks = data.get("data")
@@ -144,13 +146,31 @@ def sign(task_id: str, timestamp: str, key: str) -> str:
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """One header's value; None when absent or not text (treated as missing)."""
+    if not isinstance(headers, Mapping):
+        return None
     value = headers.get(name)
     if value is None:  # plain dicts are case-sensitive; multidicts are not
         lowered = name.lower()
         for key, candidate in headers.items():
-            if key.lower() == lowered:
-                return candidate
-    return value
+            if isinstance(key, str) and key.lower() == lowered:
+                value = candidate
+                break
+    return value if isinstance(value, str) else None
+
+
+def body_bytes(body: object) -> bytes:
+    """A delivery's body as bytes (``str`` is taken as UTF-8), or ``CallbackRejected``."""
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, bytearray | memoryview):
+        return bytes(body)
+    if isinstance(body, str):
+        try:
+            return body.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate
+            raise CallbackRejected("body is not UTF-8", http_status=400) from exc
+    raise CallbackRejected("body is not bytes or text", http_status=400)
 
 
 def _timestamp(raw: str) -> str:
@@ -196,14 +216,14 @@ class Delivery(NamedTuple):
 
 def read_callback(
     headers: Mapping[str, str],
-    body: bytes,
+    body: bytes | str,
     *,
     hmac_key: str | None,
     now: float,
     window: float = 300.0,
 ) -> Delivery:
     """Bound, decode, verify (when a key is given) and parse one callback delivery."""
-    payload = decode_callback_body(body)
+    payload = decode_callback_body(body_bytes(body))
     timestamp = None
     if hmac_key is not None:
         task_id = callback_task_id(payload)
@@ -215,7 +235,7 @@ def read_callback(
 
 def parse_callback_at(
     headers: Mapping[str, str],
-    body: bytes,
+    body: bytes | str,
     *,
     hmac_key: str | None,
     now: float,

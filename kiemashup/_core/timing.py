@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 
 from kiemashup._core.errors import RateLimitError
 from kiemashup._core.models import Stage
@@ -67,9 +68,21 @@ def callback_deadline(stage: Stage, policy: PollPolicy, typical: float | None = 
     return min(wait, policy.callback_grace)
 
 
-def typical_gap(current: float | None, sample: float) -> float:
-    """The running estimate of a callback gap after one more ``sample`` (EWMA, 1/5)."""
-    return sample if current is None else current + 0.2 * (sample - current)
+GAP_SAMPLES = 3  # tasks whose callbacks must agree before a learned gap is used
+
+
+def typical_gap(samples: Sequence[float]) -> float | None:
+    """The typical gap between two stages' callbacks: the median of the last tasks' gaps.
+
+    None until ``GAP_SAMPLES`` tasks have shown it. A median of several tasks, not a
+    running average: one task's forged callbacks (an attacker holding one signed
+    delivery can send a "first" right after its "text") cannot make every other task's
+    safety net fire early.
+    """
+    if len(samples) < GAP_SAMPLES:
+        return None
+    ordered = sorted(samples)
+    return ordered[len(ordered) // 2]
 
 
 def outage_interval(failures: int, policy: PollPolicy, rand: float) -> float:
