@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from kiemashup._backend import ClientBackend
 from kiemashup._batch import RECOVER_WAIT, Batch, OnProgress, run_batch
 from kiemashup._core.errors import APIError, ClientClosedError, KieError, SubmitOutcomeUnknown
 from kiemashup._core.models import Stage, TaskSnapshot, Track
@@ -90,6 +91,7 @@ class MashupClient:
         timeouts: Timeouts | None = None,
         confirm_callbacks: bool = True,
         rand: Callable[[], float] | None = None,
+        backend: ClientBackend | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("KIE_API_KEY")
         if not key:
@@ -112,6 +114,11 @@ class MashupClient:
         self.retry_policy = retry_policy or RetryPolicy()
         self.timeouts = timeouts or Timeouts()
         rand = rand or random.random
+        # Many processes, one account (docs/scaling.md): the creation window and the
+        # request pauses are shared through the backend.
+        self.backend = backend
+        if backend is not None:
+            backend.check_api_key(key)
         self._transport = Transport(
             api_key=key,
             base_url=self.base_url,
@@ -120,6 +127,10 @@ class MashupClient:
             retry=self.retry_policy,
             timeouts=self.timeouts,
             rand=rand,
+            shared_creations=(
+                backend.creation_slots(self.rate_limits, self.timeouts) if backend else None
+            ),
+            shared_pause=backend.request_pause() if backend else None,
         )
         self._files = FileTransfer(self._transport, upload_base_url=self.upload_base_url)
         self._scheduler = PollScheduler(

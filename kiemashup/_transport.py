@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import aiohttp
 import attrs
 
+from kiemashup._backend import CreationSlots, RequestPause
 from kiemashup._core.errors import (
     ClientClosedError,
     KieError,
@@ -195,6 +196,8 @@ class Transport:
         rand: Callable[[], float] = random.random,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
+        shared_creations: CreationSlots | None = None,
+        shared_pause: RequestPause | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._session = session
@@ -224,6 +227,9 @@ class Transport:
         self._creations = CreationWindow(limits.submits_per_window, limits.submit_window)
         self._creation_lock = asyncio.Lock()  # submits take their places first come, first served
         self._creation_news = asyncio.Event()
+        # A backend (kiemashup.redis) shares the window and pauses with other processes.
+        self._shared_creations = shared_creations
+        self._shared_pause = shared_pause
         self.requests_sent = 0
         self.closed = False
 
@@ -254,6 +260,8 @@ class Transport:
     async def _wait_turn(self) -> None:
         """The client's request budget: wait for this request's slot."""
         budget = self.budget
+        if self._shared_pause is not None:
+            await self._shared_pause.wait()
         while True:  # a slot taken before the budget was cut is given up for a new one
             cuts = budget.cuts
             delay = budget.reserve(self._clock(), horizon=budget.window)
@@ -339,9 +347,13 @@ class Transport:
             if wait is not None:
                 wait = min(wait, self._retry.max_retry_after)
             self.budget.pushed_back(clock(), sent_at, wait)
+            if self._shared_pause is not None and wait is not None:
+                self._shared_pause.pause(wait)
             raise
         except ServiceUnavailableError:
             self.budget.unavailable(clock())
+            if self._shared_pause is not None:
+                self._shared_pause.pause(self.budget.window)
             raise
         except KieError:
             self.budget.accepted(clock())
@@ -384,13 +396,16 @@ class Transport:
                 await self._sleep(delay)
                 attempt += 1
 
-    async def pace_submit(self) -> None:
+    async def pace_submit(self) -> object:
         """Wait for a place in Kie's creation limit and take it (first come, first served).
 
-        Cancelled while waiting, it takes nothing; a place taken is freed by
+        Cancelled while waiting, it takes nothing; the place taken (returned) is freed by
         ``_creation_closed`` (the POST left) or ``_creation_abandoned`` (it never did).
+        With a backend, the place is in the window every process of the account shares.
         """
         async with self._creation_lock:
+            if self._shared_creations is not None:
+                return await self._shared_creations.take()
             while True:
                 wait = self._creations.wait(self._clock())
                 if wait == 0:
@@ -401,8 +416,11 @@ class Transport:
                 else:
                     await self._sleep(wait)
             self._creations.opened()
+            return None
 
-    def _creation_closed(self, reply: tuple[int, str | None, bytes] | None) -> None:
+    def _creation_closed(
+        self, reply: tuple[int, str | None, bytes] | None, place: object = None
+    ) -> None:
         """A submit ended (``reply`` None: no reply); a 429 holds the next ones back."""
         rejected, wait = False, None
         if reply is not None:
@@ -412,11 +430,17 @@ class Transport:
                 rejected, wait = True, exc.retry_after
             except KieError:
                 pass
+        if self._shared_creations is not None:
+            self._shared_creations.closed(place, rejected=rejected, retry_after=wait)
+            return
         self._creations.closed(self._clock(), rejected=rejected, retry_after=wait)
         self._creation_news.set()
 
-    def _creation_abandoned(self) -> None:
+    def _creation_abandoned(self, place: object = None) -> None:
         """A submit that held a place was given up before its POST left: nothing was sent."""
+        if self._shared_creations is not None:
+            self._shared_creations.abandoned(place)
+            return
         self._creations.abandoned()
         self._creation_news.set()
 
@@ -444,7 +468,7 @@ class Transport:
         report = _orphan_reporter(request, key, on_orphan)
 
         async def attempt() -> str:
-            await self.pace_submit()
+            place = await self.pace_submit()
             left = False
             got: list[tuple[int, str | None, bytes]] = []  # the reply, once it came
 
@@ -459,9 +483,9 @@ class Transport:
             )
             exchange.add_done_callback(
                 lambda _done: (
-                    self._creation_closed(got[0] if got else None)
+                    self._creation_closed(got[0] if got else None, place)
                     if left
-                    else self._creation_abandoned()
+                    else self._creation_abandoned(place)
                 )
             )
             if on_sent is not None:
