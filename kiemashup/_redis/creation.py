@@ -180,10 +180,14 @@ class SharedCreationSlots:
         except (RedisError, OSError):
             log.debug("abandoned creation place %s left to its lease", place)
 
-    async def aclose(self) -> None:
-        """Wait (briefly) for places still being handed back."""
+    async def drain(self) -> None:
+        """Wait (at most 2 s) for the places being handed back to reach Redis."""
         if self._writes:
             await asyncio.wait(list(self._writes), timeout=2.0)
+
+    async def aclose(self) -> None:
+        """Wait (briefly) for places still being handed back."""
+        await self.drain()
 
 
 class SharedPause:

@@ -1,0 +1,83 @@
+"""One creation budget for every process of an account (kiemashup.redis, issue 14 point 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from redis_kit import RedisServer, redis_server
+from redis_workers import KEY
+
+from kiemashup import RateLimits, Timeouts
+from kiemashup.redis import RedisBackend
+from kiemashup.testing import FakeKieServer
+
+__all__ = ["redis_server"]  # the fixture, imported for pytest
+
+WORKERS = Path(__file__).with_name("redis_workers.py")
+
+
+async def run_worker(*args: str) -> dict[str, object]:
+    """Run one worker process to its end; its last stdout line, parsed."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(WORKERS),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(45):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    result: dict[str, object] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
+async def test_three_processes_share_one_creation_window(redis_server: RedisServer) -> None:
+    """3 processes gathering 30 submits each draw no 429 and never pass 20 per window at Kie."""
+    window = 1.0
+    async with FakeKieServer(
+        api_key=KEY, creation_limit=20, creation_window=window, credits=10_000
+    ) as server:
+        start_at = str(time.time() + 1.5)  # every process past its imports before it submits
+        results = await asyncio.gather(
+            *(
+                run_worker("submit", server.url, redis_server.url, "30", str(window), start_at)
+                for _ in range(3)
+            )
+        )
+        assert [r["errors"] for r in results] == [[], [], []]
+        assert [r["submitted"] for r in results] == [30, 30, 30]
+        assert server.creations == 90
+        assert server.count("submit") == 90  # no submit was refused and sent again
+        assert server.creation_rate_violations() == 0  # never over 20 in any window: no 429
+
+
+async def test_window_rule_in_redis(redis_server: RedisServer) -> None:
+    """The shared window lets one probe alone, then fills to the limit, then waits for ends."""
+    limits = RateLimits(submits_per_window=3, submit_window=0.5)
+    async with RedisBackend(redis_server.url, api_key=KEY) as backend:
+        slots = backend.creation_slots(limits, Timeouts())
+        first = await slots.take()
+        with_probe_open = asyncio.ensure_future(slots.take())
+        await asyncio.sleep(0.1)
+        assert not with_probe_open.done()  # a fresh window: the probe is answered first
+        slots.closed(first, rejected=False, retry_after=None)
+        await slots.drain()
+        second = await asyncio.wait_for(with_probe_open, 2)
+        third = await slots.take()
+        fourth = asyncio.ensure_future(slots.take())
+        await asyncio.sleep(0.1)
+        assert not fourth.done()  # 3 places held: the limit
+        slots.abandoned(third)  # never sent: freed at once
+        slots.closed(await asyncio.wait_for(fourth, 2), rejected=False, retry_after=None)
+        await slots.drain()
+        slots.closed(second, rejected=True, retry_after=0.3)
+        await slots.drain()
+        held = time.monotonic()
+        fifth = await slots.take()
+        assert time.monotonic() - held >= 0.25  # a 429 holds everyone back (Retry-After)
+        assert fifth
