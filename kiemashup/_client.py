@@ -157,11 +157,15 @@ class MashupClient:
         self._keys: OrderedDict[str, list[str]] = OrderedDict()
         self._key_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._unsubscribe = receiver.subscribe(self._delivered) if receiver is not None else None
+        # Callbacks received by any process of the backend, and polls shared per task.
+        self._link = backend.link(self.feed, self.poll_policy) if backend is not None else None
 
     def __repr__(self) -> str:
         return f"<MashupClient {self.base_url}>"
 
     async def __aenter__(self) -> MashupClient:
+        if self._link is not None:
+            await self._link.start()
         return self
 
     async def __aexit__(
@@ -179,6 +183,8 @@ class MashupClient:
         self._closed = True
         if self._unsubscribe is not None:
             self._unsubscribe()
+        if self._link is not None:
+            await self._link.aclose()
         await self._scheduler.aclose()
         self._fail_all(ClientClosedError("the client was closed"))
         for waiters in self._key_waiters.values():  # recover() calls still waiting
@@ -204,6 +210,8 @@ class MashupClient:
         if state is None:
             state = TaskState(task_id)
             self._states[task_id] = state
+            if self._link is not None:
+                self._link.interest(task_id)
         return state
 
     def _now(self) -> float:
@@ -230,6 +238,8 @@ class MashupClient:
         coroutine layer costs CPU on each resumption.
         """
         self._check_open()  # refresh() after aclose(): ClientClosedError, not a bare KieError
+        if self._link is not None:  # one poll of the task serves every process
+            return self._link.poll(state.task_id, lambda: self._get_snapshot(state.task_id, state))
         return self._get_snapshot(state.task_id, state)
 
     async def _get_snapshot(self, task_id: str, state: TaskState | None) -> TaskSnapshot:
@@ -304,6 +314,8 @@ class MashupClient:
         self._check_open()
         if not isinstance(request, MashupRequest):
             raise TypeError(f"submit() takes a MashupRequest, not {type(request).__name__}")
+        if self._link is not None:
+            await self._link.start()  # before the task exists: no callback falls between
         key = key or new_submit_key()
         url = self.callback_url_for(request, key)
         payload = request.to_payload()

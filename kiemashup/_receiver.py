@@ -21,6 +21,7 @@ from types import TracebackType
 
 from aiohttp import web
 
+from kiemashup._backend import CallbackPublisher
 from kiemashup._core.callbacks import parse_callback_at
 from kiemashup._core.errors import CallbackRejected, KieError
 from kiemashup._core.models import TaskSnapshot
@@ -28,6 +29,7 @@ from kiemashup._core.models import TaskSnapshot
 log = logging.getLogger("kiemashup.receiver")
 
 MAX_BODY = 256 * 1024
+PUBLISH_TIMEOUT = 2.0  # seconds to hand a callback to the backend (Kie waits 15 s)
 Listener = Callable[[TaskSnapshot], object]
 #: The per-submit key of the delivery being handed to listeners (see ``current_key``).
 _DELIVERY_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -74,6 +76,7 @@ class CallbackReceiver:
         # still arriving when close() starts.
         shutdown_timeout: float = 3.0,
         path_token: str | None = None,
+        backend: CallbackPublisher | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -86,6 +89,9 @@ class CallbackReceiver:
         # 192 random bits: the URL itself is a capability an attacker cannot guess.
         self._token = path_token or secrets.token_urlsafe(24)
         self._listeners: list[Listener] = []
+        # Many processes (docs/scaling.md): accepted callbacks also go to every client
+        # of the backend's namespace, whichever process they run in.
+        self.backend = backend
         self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._runner: web.AppRunner | None = None
         self.accepted = 0
@@ -214,7 +220,22 @@ class CallbackReceiver:
                 listener(snapshot)
             except Exception:  # a listener bug must not cost Kie's delivery or our server
                 log.exception("callback listener failed for task %s", snapshot.task_id)
+        if self.backend is not None:
+            await self._publish(self.backend, snapshot)
         return web.json_response({"status": "received"})
+
+    async def _publish(self, backend: CallbackPublisher, snapshot: TaskSnapshot) -> None:
+        """Hand the callback to the backend; on failure the other replicas fall back to polls."""
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                await backend.publish(snapshot, _DELIVERY_KEY.get())
+        except Exception as exc:  # Redis trouble must not cost Kie's delivery
+            log.warning(
+                "callback for task %s not published to the backend (%s); other replicas "
+                "will find its news by polling",
+                snapshot.task_id,
+                type(exc).__name__,
+            )
 
     async def _not_found(self, request: web.Request) -> web.Response:
         self.rejected += 1

@@ -13,18 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from kiemashup._core.errors import BackendError, KieError
-from kiemashup._core.policy import RateLimits, Timeouts
+from kiemashup._core.models import TaskSnapshot
+from kiemashup._core.policy import PollPolicy, RateLimits, Timeouts
+from kiemashup._redis.callbacks import RedisLink, publish_callback
+from kiemashup._redis.creation import SharedCreationSlots, SharedPause
 from kiemashup._redis.keys import Keys, namespace_for, redact
-
-if TYPE_CHECKING:
-    from kiemashup._redis.creation import SharedCreationSlots, SharedPause
 
 __all__ = ["RedisBackend"]
 
@@ -119,7 +120,6 @@ class RedisBackend:
 
     def creation_slots(self, limits: RateLimits, timeouts: Timeouts) -> SharedCreationSlots:
         """The account's creation window, shared by every client of the namespace."""
-        from kiemashup._redis.creation import SharedCreationSlots
 
         slots = SharedCreationSlots(self, limits, timeouts)
         self._parts.append(slots)
@@ -127,6 +127,15 @@ class RedisBackend:
 
     def request_pause(self) -> SharedPause:
         """A pause of every request of the account (a 429 or 455), shared through Redis."""
-        from kiemashup._redis.creation import SharedPause
 
         return SharedPause(self)
+
+    def link(self, feed: Callable[[TaskSnapshot], object], policy: PollPolicy) -> RedisLink:
+        """A client's subscription: callbacks to ``feed``, one poll per task."""
+
+        return RedisLink(self, feed, policy)
+
+    async def publish(self, snapshot: TaskSnapshot, key: str | None) -> None:
+        """Publish one verified callback to every client of the namespace, and keep it."""
+
+        await publish_callback(self, snapshot, key)
