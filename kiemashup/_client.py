@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from kiemashup._backend import ClientBackend
-from kiemashup._batch import RECOVER_WAIT, Batch, OnProgress, run_batch
+from kiemashup._batch import RECOVER_WAIT, Batch, OnProgress, SharedJournal, run_batch
 from kiemashup._core.errors import APIError, ClientClosedError, KieError, SubmitOutcomeUnknown
 from kiemashup._core.models import Stage, TaskSnapshot, Track
 from kiemashup._core.policy import PollPolicy, RateLimits, RetryPolicy, Timeouts
@@ -488,7 +488,7 @@ class MashupClient:
         self,
         requests: Iterable[MashupRequest],
         *,
-        journal: str | os.PathLike[str] | None = None,
+        journal: str | os.PathLike[str] | SharedJournal | None = None,
         concurrency: int | None = None,
         resubmit_unknown: bool = False,
         stage: Stage = Stage.COMPLETE,
@@ -500,7 +500,9 @@ class MashupClient:
         Use it as ``async with client.run_batch(...) as items: async for item in items``:
         leaving the block stops all submitting at once. ``recover_wait`` bounds the wait
         for an unknown submit's callback (with a receiver). See docs/batch.md for the
-        journal, resuming, recovery and ``resubmit_unknown``.
+        journal, resuming, recovery and ``resubmit_unknown``. ``journal`` may also be
+        ``RedisBackend.journal(name)``: several processes run it at once, each item
+        submitted once (docs/scaling.md).
         """
         self._check_open()
         return run_batch(

@@ -25,6 +25,7 @@ from kiemashup._core.models import TaskSnapshot
 from kiemashup._core.policy import PollPolicy, RateLimits, Timeouts
 from kiemashup._redis.callbacks import RedisLink, publish_callback
 from kiemashup._redis.creation import SharedCreationSlots, SharedPause
+from kiemashup._redis.journal import DEFAULT_LEASE, RedisJournal
 from kiemashup._redis.keys import Keys, namespace_for, redact
 
 __all__ = ["RedisBackend"]
@@ -139,3 +140,11 @@ class RedisBackend:
         """Publish one verified callback to every client of the namespace, and keep it."""
 
         await publish_callback(self, snapshot, key)
+
+    def journal(self, name: str, *, lease: float = DEFAULT_LEASE) -> RedisJournal:
+        """A batch journal several processes run at once: ``run_batch(journal=...)``.
+
+        Each item is claimed with a ``lease`` (seconds, renewed while worked on), so
+        processes split the items and each is submitted once; see docs/scaling.md.
+        """
+        return RedisJournal(self, name, lease=lease)

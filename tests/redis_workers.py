@@ -89,7 +89,29 @@ async def wait_tasks(base_url: str, redis_url: str, callback_url: str, *task_ids
         return {"stages": [s.stage.name for s in snapshots], "requests": mashup.requests_sent}
 
 
-COMMANDS = {"submit": submit, "receive": receive, "wait": wait_tasks}
+async def batch(base_url: str, redis_url: str, name: str, count: str, lease: str) -> Any:
+    """Run a batch on the shared journal ``name``; print each item as it finishes."""
+    items = []
+    async with (
+        RedisBackend(redis_url, api_key=KEY) as backend,
+        client(base_url, backend, poll_policy=PollPolicy(initial=0.1, maximum=0.2)) as mashup,
+    ):
+        journal = backend.journal(name, lease=float(lease))
+        requests = [request(i) for i in range(int(count))]
+        async with mashup.run_batch(requests, journal=journal, concurrency=3) as results:
+            async for item in results:
+                line = {
+                    "index": item.index,
+                    "task": item.task_id,
+                    "error": type(item.error).__name__ if item.error else None,
+                    "from_journal": item.from_journal,
+                }
+                print(json.dumps(line), flush=True)
+                items.append(line)
+    return {"items": len(items)}
+
+
+COMMANDS = {"submit": submit, "receive": receive, "wait": wait_tasks, "batch": batch}
 
 if __name__ == "__main__":
     result = asyncio.run(COMMANDS[sys.argv[1]](*sys.argv[2:]))
