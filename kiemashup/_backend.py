@@ -26,15 +26,18 @@ class CreationSlots(Protocol):
     def abandoned(self, place: object) -> None:
         """The submit holding ``place`` was given up before it left: free it."""
 
+    async def aclose(self) -> None:
+        """Wait (briefly) for places being handed back."""
 
-class RequestPause(Protocol):
-    """A pause of every request of the account (Kie pushed back), shared by all clients."""
+
+class SharedBudget(Protocol):
+    """The account's request budget as far as it is shared: Kie's push-back reaches all."""
 
     async def wait(self) -> None:
-        """Return once no shared pause is in force."""
+        """Return once this request may go: no shared pause, and a slot of a shared cap."""
 
-    def pause(self, seconds: float) -> None:
-        """Hold every client's requests back for ``seconds``."""
+    def pushed_back(self, pause: float | None, rate: float | None) -> None:
+        """Kie pushed back: pause every client ``pause`` seconds, cap them at ``rate``."""
 
 
 class BackendLink(Protocol):
@@ -64,8 +67,8 @@ class ClientBackend(Protocol):
     def creation_slots(self, limits: RateLimits, timeouts: Timeouts) -> CreationSlots:
         """The account's shared creation window."""
 
-    def request_pause(self) -> RequestPause:
-        """The account's shared request pause."""
+    def request_budget(self) -> SharedBudget:
+        """The account's shared request budget."""
 
     def link(self, feed: Callable[[TaskSnapshot], object], policy: PollPolicy) -> BackendLink:
         """A link that hands callbacks to ``feed`` and shares polls at ``policy``'s pace."""

@@ -130,7 +130,7 @@ class MashupClient:
             shared_creations=(
                 backend.creation_slots(self.rate_limits, self.timeouts) if backend else None
             ),
-            shared_pause=backend.request_pause() if backend else None,
+            shared_pause=backend.request_budget() if backend else None,
         )
         self._files = FileTransfer(self._transport, upload_base_url=self.upload_base_url)
         self._scheduler = PollScheduler(

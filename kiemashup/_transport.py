@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import aiohttp
 import attrs
 
-from kiemashup._backend import CreationSlots, RequestPause
+from kiemashup._backend import CreationSlots, SharedBudget
 from kiemashup._core.errors import (
     ClientClosedError,
     KieError,
@@ -197,7 +197,7 @@ class Transport:
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
         shared_creations: CreationSlots | None = None,
-        shared_pause: RequestPause | None = None,
+        shared_pause: SharedBudget | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._session = session
@@ -253,6 +253,8 @@ class Transport:
 
     async def aclose(self) -> None:
         self.closed = True
+        if self._shared_creations is not None:
+            await self._shared_creations.aclose()
         if self._owns_session and self._session is not None:
             await self._session.close()
         self._session = None
@@ -347,13 +349,13 @@ class Transport:
             if wait is not None:
                 wait = min(wait, self._retry.max_retry_after)
             self.budget.pushed_back(clock(), sent_at, wait)
-            if self._shared_pause is not None and wait is not None:
-                self._shared_pause.pause(wait)
+            if self._shared_pause is not None:
+                self._shared_pause.pushed_back(wait, self.budget.rate)
             raise
         except ServiceUnavailableError:
             self.budget.unavailable(clock())
             if self._shared_pause is not None:
-                self._shared_pause.pause(self.budget.window)
+                self._shared_pause.pushed_back(self.budget.window, None)
             raise
         except KieError:
             self.budget.accepted(clock())

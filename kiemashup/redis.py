@@ -15,7 +15,6 @@ import asyncio
 import os
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -24,7 +23,7 @@ from kiemashup._core.errors import BackendError, KieError
 from kiemashup._core.models import TaskSnapshot
 from kiemashup._core.policy import PollPolicy, RateLimits, Timeouts
 from kiemashup._redis.callbacks import RedisLink, publish_callback
-from kiemashup._redis.creation import SharedCreationSlots, SharedPause
+from kiemashup._redis.creation import SharedCreationSlots, SharedRequestBudget
 from kiemashup._redis.journal import DEFAULT_LEASE, RedisJournal
 from kiemashup._redis.keys import Keys, namespace_for, redact
 
@@ -73,7 +72,6 @@ class RedisBackend:
             self.url = f"redis://{where}/{kwargs.get('db', 0)}"
             self.redis = redis
             self._owns = False
-        self._parts: list[Any] = []  # what was handed out: closed with the backend
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self.url} {self.namespace}>"
@@ -102,10 +100,7 @@ class RedisBackend:
             raise BackendError(self.url, f"Redis is unreachable ({reason})") from None
 
     async def aclose(self) -> None:
-        """Finish background writes, then close the connection (only one made here)."""
-        for part in self._parts:
-            await part.aclose()
-        self._parts.clear()
+        """Close the connection (only one made here); close clients and receivers first."""
         if self._owns:
             await self.redis.aclose()
 
@@ -121,24 +116,18 @@ class RedisBackend:
 
     def creation_slots(self, limits: RateLimits, timeouts: Timeouts) -> SharedCreationSlots:
         """The account's creation window, shared by every client of the namespace."""
+        return SharedCreationSlots(self, limits, timeouts)
 
-        slots = SharedCreationSlots(self, limits, timeouts)
-        self._parts.append(slots)
-        return slots
-
-    def request_pause(self) -> SharedPause:
-        """A pause of every request of the account (a 429 or 455), shared through Redis."""
-
-        return SharedPause(self)
+    def request_budget(self) -> SharedRequestBudget:
+        """The account's request budget after a push-back, shared through Redis."""
+        return SharedRequestBudget(self)
 
     def link(self, feed: Callable[[TaskSnapshot], object], policy: PollPolicy) -> RedisLink:
         """A client's subscription: callbacks to ``feed``, one poll per task."""
-
         return RedisLink(self, feed, policy)
 
     async def publish(self, snapshot: TaskSnapshot, key: str | None) -> None:
         """Publish one verified callback to every client of the namespace, and keep it."""
-
         await publish_callback(self, snapshot, key)
 
     def journal(self, name: str, *, lease: float = DEFAULT_LEASE) -> RedisJournal:

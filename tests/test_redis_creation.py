@@ -8,16 +8,18 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from redis_kit import RedisServer, redis_server
 from redis_workers import KEY
 
-from kiemashup import RateLimits, Timeouts
+from kiemashup import MashupClient, RateLimitError, RateLimits, RetryPolicy, Timeouts
 from kiemashup.redis import RedisBackend
-from kiemashup.testing import FakeKieServer
+from kiemashup.testing import FakeKieServer, Fault, Timeline
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
 WORKERS = Path(__file__).with_name("redis_workers.py")
+NO_RETRY = RetryPolicy(attempts=1)
 
 
 async def run_worker(*args: str) -> dict[str, object]:
@@ -81,3 +83,25 @@ async def test_window_rule_in_redis(redis_server: RedisServer) -> None:
         fifth = await slots.take()
         assert time.monotonic() - held >= 0.25  # a 429 holds everyone back (Retry-After)
         assert fifth
+
+
+async def test_a_push_back_pauses_and_caps_every_client(redis_server: RedisServer) -> None:
+    """A 429 with Retry-After seen by one client pauses another one's requests, and both
+    take slots of one shared cap until it expires."""
+    async with (
+        FakeKieServer(api_key=KEY, default_timeline=Timeline.success()) as server,
+        RedisBackend(redis_server.url, api_key=KEY) as one,
+        RedisBackend(redis_server.url, api_key=KEY) as other,
+        MashupClient(api_key=KEY, base_url=server.url, backend=one, retry_policy=NO_RETRY) as a,
+        MashupClient(api_key=KEY, base_url=server.url, backend=other) as b,
+    ):
+        server.inject(Fault("credits", "rate_limit", retry_after="1"))
+        with pytest.raises(RateLimitError):
+            await a.credits()
+        await asyncio.sleep(0.1)  # the push-back reaches Redis in the background
+        assert 0 < await one.redis.pttl(one.keys.budget_pause) <= 1000
+        assert await one.redis.get(one.keys.budget_rate) is not None
+        started = time.monotonic()
+        assert await b.credits() >= 0
+        assert time.monotonic() - started >= 0.5  # b waited out a's Retry-After
+        assert await one.redis.zcard(one.keys.budget_sends) >= 1  # and took a shared slot

@@ -8,6 +8,8 @@ never the key), so two accounts never share a budget by accident:
 <ns>:cw:ends          zset  creation places answered (score: when they free up)
 <ns>:cw:state         hash  not_before (a 429's hold), probing ("0"/"1")
 <ns>:budget:pause     str   every request waits until this expires (a shared 429/455 pause)
+<ns>:budget:rate      str   a shared cap (requests/s) after a 429, expiring after 60 s of peace
+<ns>:budget:sends     zset  requests sent under that cap in the last second
 <ns>:cb               chan  callbacks and poll results, published as JSON
 <ns>:cb:<task id>     list  recent callbacks of one task, for late subscribers (bounded, expiring)
 <ns>:poll:<task id>   str   the poll lease: which client polls this task now
@@ -44,12 +46,14 @@ def redact(url: str) -> str:
 class Keys:
     """The names of every key under one namespace."""
 
-    __slots__ = ("budget_pause", "channel", "creation", "ns")
+    __slots__ = ("budget_pause", "budget_rate", "budget_sends", "channel", "creation", "ns")
 
     def __init__(self, ns: str) -> None:
         self.ns = ns
         self.creation = (f"{ns}:cw:open", f"{ns}:cw:ends", f"{ns}:cw:state")
         self.budget_pause = f"{ns}:budget:pause"
+        self.budget_rate = f"{ns}:budget:rate"
+        self.budget_sends = f"{ns}:budget:sends"
         self.channel = f"{ns}:cb"
 
     def kept(self, task_id: str) -> str:
