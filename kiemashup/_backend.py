@@ -54,6 +54,9 @@ class BackendLink(Protocol):
     ) -> Awaitable[TaskSnapshot]:
         """One poll of ``task_id`` for every process: ``fetch()`` here, or another's result."""
 
+    async def claims(self, key: str) -> list[str]:
+        """Task ids that keyed callbacks (any process's) named for the submit ``key``."""
+
     async def aclose(self) -> None:
         """Unsubscribe and finish background writes."""
 
@@ -70,8 +73,14 @@ class ClientBackend(Protocol):
     def request_budget(self) -> SharedBudget:
         """The account's shared request budget."""
 
-    def link(self, feed: Callable[[TaskSnapshot], object], policy: PollPolicy) -> BackendLink:
-        """A link that hands callbacks to ``feed`` and shares polls at ``policy``'s pace."""
+    def link(
+        self,
+        feed: Callable[[TaskSnapshot], object],
+        policy: PollPolicy,
+        on_key: Callable[[str, str], object],
+    ) -> BackendLink:
+        """A link that hands callbacks to ``feed``, the (key, task id) of keyed ones to
+        ``on_key``, and shares polls at ``policy``'s pace."""
 
 
 class CallbackPublisher(Protocol):

@@ -158,7 +158,11 @@ class MashupClient:
         self._key_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._unsubscribe = receiver.subscribe(self._delivered) if receiver is not None else None
         # Callbacks received by any process of the backend, and polls shared per task.
-        self._link = backend.link(self.feed, self.poll_policy) if backend is not None else None
+        self._link = (
+            backend.link(self.feed, self.poll_policy, self._claimed)
+            if backend is not None
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"<MashupClient {self.base_url}>"
@@ -357,12 +361,17 @@ class MashupClient:
         if not isinstance(error, SubmitOutcomeUnknown):
             raise TypeError(f"recover() takes a SubmitOutcomeUnknown, not {type(error).__name__}")
         key = error.key
-        if self.receiver is None or not key:
-            why = "no receiver" if self.receiver is None else "the submit has no key"
+        hears = self.receiver is not None or self._link is not None  # keyed callbacks
+        if not hears or not key:
+            why = "no receiver" if not hears else "the submit has no key"
             raise SubmitOutcomeUnknown(
                 error.request, f"{error.reason}; cannot recover: {why}", key=key
             ) from error
         tried: set[str] = set()
+        if self._link is not None:  # keyed callbacks another process received earlier
+            await self._link.start()
+            for task_id in await self._link.claims(key):
+                self._claimed(key, task_id)
         while True:
             task_id = await self._next_claim(key, tried)
             tried.add(task_id)
@@ -403,16 +412,20 @@ class MashupClient:
         receiver = self.receiver
         key = receiver.current_key if receiver is not None else None
         if key:
-            claims = self._keys.setdefault(key, [])
-            if snapshot.task_id not in claims and len(claims) < 8:
-                claims.append(snapshot.task_id)
-            self._keys.move_to_end(key)
-            while len(self._keys) > KEYS_MAX:
-                self._keys.popitem(last=False)
-            for waiter in self._key_waiters.get(key, ()):
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._claimed(key, snapshot.task_id)
         return self.feed(snapshot)
+
+    def _claimed(self, key: str, task_id: str) -> None:
+        """A keyed callback named ``task_id`` for the submit ``key`` (``recover`` checks it)."""
+        claims = self._keys.setdefault(key, [])
+        if task_id not in claims and len(claims) < 8:
+            claims.append(task_id)
+        self._keys.move_to_end(key)
+        while len(self._keys) > KEYS_MAX:
+            self._keys.popitem(last=False)
+        for waiter in self._key_waiters.get(key, ()):
+            if not waiter.done():
+                waiter.set_result(None)
 
     def task(self, task_id: str) -> TaskHandle:
         """A handle for an existing task (no I/O); handles for one id share their state."""

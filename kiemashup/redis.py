@@ -122,9 +122,15 @@ class RedisBackend:
         """The account's request budget after a push-back, shared through Redis."""
         return SharedRequestBudget(self)
 
-    def link(self, feed: Callable[[TaskSnapshot], object], policy: PollPolicy) -> RedisLink:
-        """A client's subscription: callbacks to ``feed``, one poll per task."""
-        return RedisLink(self, feed, policy)
+    def link(
+        self,
+        feed: Callable[[TaskSnapshot], object],
+        policy: PollPolicy,
+        on_key: Callable[[str, str], object] | None = None,
+    ) -> RedisLink:
+        """A client's subscription: callbacks to ``feed``, keyed ones to ``on_key``, and
+        one poll per task."""
+        return RedisLink(self, feed, policy, on_key)
 
     async def publish(self, snapshot: TaskSnapshot, key: str | None) -> None:
         """Publish one verified callback to every client of the namespace, and keep it."""

@@ -49,7 +49,7 @@ def test_key_layout_stays_under_the_namespace() -> None:
     """Every key the backend uses starts with its namespace."""
     keys = Keys("ns")
     names = [*keys.creation, keys.budget_pause, keys.channel, keys.kept("t1")]
-    names += [keys.poll_lease("t1"), keys.journal("j")]
+    names += [keys.poll_lease("t1"), keys.journal("j"), keys.claims("k1")]
     assert all(name.startswith("ns:") for name in names)
     assert len(set(names)) == len(names)
 

@@ -11,11 +11,18 @@ import pytest
 from redis_kit import RedisServer, free_port, redis_server
 from redis_workers import KEY, request
 
-from kiemashup import CallbackReceiver, MashupClient, PollPolicy, Stage, Timeouts
+from kiemashup import (
+    CallbackReceiver,
+    MashupClient,
+    PollPolicy,
+    Stage,
+    SubmitOutcomeUnknown,
+    Timeouts,
+)
 from kiemashup._core.state import make_snapshot
 from kiemashup._redis.callbacks import decode, encode
 from kiemashup.redis import RedisBackend
-from kiemashup.testing import FakeKieServer, Timeline
+from kiemashup.testing import FakeKieServer, Fault, Timeline
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
@@ -40,8 +47,8 @@ def quiet_client(server: FakeKieServer, backend: RedisBackend, **options: object
 def test_messages_are_json_round_trips() -> None:
     """A snapshot crosses Redis as JSON and comes back equal, its source naming the kind."""
     snapshot = make_snapshot("t1", "TEXT_SUCCESS", source="callback")
-    kind, back = decode(encode("callback", snapshot, "k123"))
-    assert kind == "callback"
+    kind, back, key = decode(encode("callback", snapshot, "k123"))
+    assert (kind, key) == ("callback", "k123")
     assert (back.task_id, back.status, back.stage, back.source) == (
         "t1",
         snapshot.status,
@@ -164,3 +171,28 @@ async def test_a_dead_poll_holder_is_replaced(redis_server: RedisServer) -> None
                 snapshot = await client.task(task_id).wait(Stage.COMPLETE)
         assert snapshot.stage is Stage.COMPLETE
         assert await backend.redis.get(backend.keys.poll_lease(task_id)) != b"dead"
+
+
+async def test_recover_finds_a_task_from_a_keyed_callback_received_elsewhere(
+    redis_server: RedisServer,
+) -> None:
+    """A submit of unknown outcome is recovered by a client of another process: the keyed
+    callback reached a receiver elsewhere, and one poll confirms the key."""
+    timeline = Timeline.success(text=0.2, first=0.4, complete=0.6)
+    async with (
+        FakeKieServer(api_key=KEY, default_timeline=timeline) as server,
+        RedisBackend(redis_server.url, api_key=KEY) as receiving_side,
+        RedisBackend(redis_server.url, api_key=KEY) as recovering_side,
+        CallbackReceiver(port=0, backend=receiving_side) as receiver,
+        MashupClient(api_key=KEY, base_url=server.url, receiver=receiver) as lost,
+    ):
+        server.inject(Fault("submit", "drop_after_create"))
+        with pytest.raises(SubmitOutcomeUnknown) as info:
+            await lost.submit(request(5))
+        async with quiet_client(server, recovering_side, callback_url=receiver.url) as client:
+            async with asyncio.timeout(10):
+                handle = await client.recover(info.value)
+                snapshot = await handle.wait(Stage.COMPLETE)
+        assert handle.task_id in server.tasks
+        assert snapshot.stage is Stage.COMPLETE
+        assert server.count("submit") == 1  # found, never sent again

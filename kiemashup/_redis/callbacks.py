@@ -43,6 +43,7 @@ log = logging.getLogger("kiemashup.redis")
 
 KEPT = 8  # callbacks kept per task for late subscribers
 KEPT_TTL_MS = 600_000  # and for how long (Kie's whole run of a task fits easily)
+CLAIMS_TTL_MS = 86_400_000  # how long a per-submit key's task ids are kept (a day)
 INTEREST_MAX = 100_000  # task ids a client listens for, at most (oldest forgotten)
 SUBSCRIBE_WAIT = 2.0  # start() waits this long for the subscription, then goes on
 
@@ -55,14 +56,17 @@ def encode(kind: str, snapshot: TaskSnapshot, key: str | None = None) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
-def decode(raw: bytes | str) -> tuple[str, TaskSnapshot]:
-    """``(kind, snapshot)`` of one channel message; ``ValueError`` when it is not one."""
+def decode(raw: bytes | str) -> tuple[str, TaskSnapshot, str | None]:
+    """``(kind, snapshot, key)`` of one channel message; ``ValueError`` when it is not one."""
     try:
         body = json.loads(raw)
         kind = body["kind"]
         if kind not in ("callback", "poll"):
             raise ValueError(f"unknown kind {kind!r}")
-        return kind, snapshot_from_record(body["snapshot"], source=kind)
+        key = body.get("key")
+        if key is not None and not isinstance(key, str):
+            raise TypeError("key")
+        return kind, snapshot_from_record(body["snapshot"], source=kind), key
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"not a kiemashup message ({type(exc).__name__})") from None
 
@@ -75,6 +79,12 @@ async def publish_callback(backend: RedisBackend, snapshot: TaskSnapshot, key: s
         pipe.rpush(kept, message)
         pipe.ltrim(kept, -KEPT, -1)
         pipe.pexpire(kept, KEPT_TTL_MS)
+        if key:  # recover() in any process finds the task its submit created
+            claims = backend.keys.claims(key)
+            pipe.lrem(claims, 0, snapshot.task_id)
+            pipe.rpush(claims, snapshot.task_id)
+            pipe.ltrim(claims, -KEPT, -1)
+            pipe.pexpire(claims, CLAIMS_TTL_MS)
         pipe.publish(backend.keys.channel, message)
         await pipe.execute()
 
@@ -83,10 +93,15 @@ class RedisLink:
     """One client's subscription (``BackendLink``): callbacks in, polls shared."""
 
     def __init__(
-        self, backend: RedisBackend, feed: Callable[[TaskSnapshot], object], policy: PollPolicy
+        self,
+        backend: RedisBackend,
+        feed: Callable[[TaskSnapshot], object],
+        policy: PollPolicy,
+        on_key: Callable[[str, str], object] | None = None,
     ) -> None:
         self._backend = backend
         self._feed = feed
+        self._on_key = on_key
         self.id = secrets.token_hex(8).encode()
         # One poll interval at most: a dead holder's tasks are taken over that soon.
         self.lease = max(2 * policy.min_interval, policy.maximum)
@@ -159,11 +174,13 @@ class RedisLink:
 
     def _handle(self, raw: bytes | str) -> None:
         try:
-            kind, snapshot = decode(raw)
+            kind, snapshot, key = decode(raw)
         except ValueError as exc:
             log.warning("ignored a message on %s: %s", self._backend.keys.channel, exc)
             return
         task_id = snapshot.task_id
+        if key and self._on_key is not None:
+            self._on_key(key, task_id)
         if kind == "poll":
             for waiter in self._polls.pop(task_id, ()):
                 if not waiter.done():
@@ -208,6 +225,14 @@ class RedisLink:
                     waiters.remove(waiter)
                 if not waiters:
                     self._polls.pop(task_id, None)
+
+    async def claims(self, key: str) -> list[str]:
+        """Task ids keyed callbacks named for ``key`` (empty when Redis is away)."""
+        try:
+            found = await self._backend.redis.lrange(self._backend.keys.claims(key), 0, -1)
+        except (RedisError, OSError):
+            return []
+        return [raw.decode() if isinstance(raw, bytes) else str(raw) for raw in found]
 
     async def aclose(self) -> None:
         """Stop listening."""

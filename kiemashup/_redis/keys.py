@@ -13,6 +13,8 @@ never the key), so two accounts never share a budget by accident:
 <ns>:cb               chan  callbacks and poll results, published as JSON
 <ns>:cb:<task id>     list  recent callbacks of one task, for late subscribers (bounded, expiring)
 <ns>:poll:<task id>   str   the poll lease: which client polls this task now
+<ns>:key:<submit key> list  task ids keyed callbacks named for one submit (recover())
+<ns>:journal:<name>:… shared batch journals (see _redis/journal.py)
 ```
 """
 
@@ -63,6 +65,10 @@ class Keys:
     def poll_lease(self, task_id: str) -> str:
         """Who polls ``task_id`` for everybody now."""
         return f"{self.ns}:poll:{task_id}"
+
+    def claims(self, key: str) -> str:
+        """Task ids that keyed callbacks named for the per-submit ``key``."""
+        return f"{self.ns}:key:{key}"
 
     def journal(self, name: str) -> str:
         """The prefix of a shared journal's keys."""
