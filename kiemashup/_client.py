@@ -282,12 +282,16 @@ class MashupClient:
         """The ``callBackUrl`` a submit will send for ``request`` (with its ``key``, if any).
 
         With a receiver, the per-submit ``key`` rides in the URL so ``recover()`` can
-        find the task a submit created; a URL of your own is sent unchanged.
+        find the task a submit created; a URL of your own is sent unchanged, except
+        with a ``backend``, where ``callback_url`` is a ``CallbackReceiver``'s URL
+        elsewhere and the key is appended the same way (docs/scaling.md).
         """
         if request.callback_url is not None:
             return request.callback_url
         if self.receiver is not None:
             return self.receiver.url_with_key(key) if key else self.receiver.url
+        if self._link is not None and self.callback_url and key:
+            return f"{self.callback_url.rstrip('/')}/{key}"
         return self.callback_url or PLACEHOLDER_CALLBACK_URL
 
     async def submit(self, request: MashupRequest) -> TaskHandle:
@@ -361,7 +365,8 @@ class MashupClient:
         if not isinstance(error, SubmitOutcomeUnknown):
             raise TypeError(f"recover() takes a SubmitOutcomeUnknown, not {type(error).__name__}")
         key = error.key
-        hears = self.receiver is not None or self._link is not None  # keyed callbacks
+        # Keyed callbacks come to a receiver here, or to one elsewhere through the backend.
+        hears = self.receiver is not None or (self._link is not None and bool(self.callback_url))
         if not hears or not key:
             why = "no receiver" if not hears else "the submit has no key"
             raise SubmitOutcomeUnknown(

@@ -176,23 +176,27 @@ async def test_a_dead_poll_holder_is_replaced(redis_server: RedisServer) -> None
 async def test_recover_finds_a_task_from_a_keyed_callback_received_elsewhere(
     redis_server: RedisServer,
 ) -> None:
-    """A submit of unknown outcome is recovered by a client of another process: the keyed
-    callback reached a receiver elsewhere, and one poll confirms the key."""
+    """A submit of unknown outcome from a process without a receiver is recovered by a
+    client of yet another process: its key rode in the callback URL to a receiver elsewhere."""
     timeline = Timeline.success(text=0.2, first=0.4, complete=0.6)
     async with (
         FakeKieServer(api_key=KEY, default_timeline=timeline) as server,
         RedisBackend(redis_server.url, api_key=KEY) as receiving_side,
+        RedisBackend(redis_server.url, api_key=KEY) as submitting_side,
         RedisBackend(redis_server.url, api_key=KEY) as recovering_side,
         CallbackReceiver(port=0, backend=receiving_side) as receiver,
-        MashupClient(api_key=KEY, base_url=server.url, receiver=receiver) as lost,
+        quiet_client(server, submitting_side, callback_url=receiver.url) as lost,
     ):
         server.inject(Fault("submit", "drop_after_create"))
         with pytest.raises(SubmitOutcomeUnknown) as info:
             await lost.submit(request(5))
+        assert info.value.key
         async with quiet_client(server, recovering_side, callback_url=receiver.url) as client:
             async with asyncio.timeout(10):
                 handle = await client.recover(info.value)
                 snapshot = await handle.wait(Stage.COMPLETE)
+        sent_to = next(iter(server.tasks.values())).payload["callBackUrl"]
+        assert sent_to == f"{receiver.url}/{info.value.key}"
         assert handle.task_id in server.tasks
         assert snapshot.stage is Stage.COMPLETE
         assert server.count("submit") == 1  # found, never sent again

@@ -89,6 +89,12 @@ async def publish_callback(backend: RedisBackend, snapshot: TaskSnapshot, key: s
         await pipe.execute()
 
 
+_DROP_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+
 class RedisLink:
     """One client's subscription (``BackendLink``): callbacks in, polls shared."""
 
@@ -114,15 +120,18 @@ class RedisLink:
         self.delivered = 0  # callbacks handed to the client's feed
 
     async def start(self) -> None:
-        """Subscribe in the background; wait briefly until the subscription holds."""
+        """Subscribe in the background; the first call waits briefly until it holds."""
         if self._runner is not None:
             return
-        self._runner = asyncio.get_running_loop().create_task(self._run())
-        for task_id in self._interest:  # tasks it learnt of before a loop ran
-            self._spawn(self._read_kept(task_id))
+        self._start_runner()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SUBSCRIBE_WAIT):
                 await self._subscribed.wait()
+
+    def _start_runner(self) -> None:
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+        for task_id in self._interest:  # tasks it learnt of before a loop ran
+            self._spawn(self._read_kept(task_id))
 
     def interest(self, task_id: str) -> None:
         """Listen for ``task_id`` from now on, and read the callbacks kept for it."""
@@ -132,8 +141,12 @@ class RedisLink:
         interest[task_id] = None
         while len(interest) > INTEREST_MAX:
             interest.popitem(last=False)
-        if self._runner is not None:  # else start() reads it
+        if self._runner is not None:
             self._spawn(self._read_kept(task_id))
+            return
+        with contextlib.suppress(RuntimeError):  # no loop yet: start() will do it
+            asyncio.get_running_loop()
+            self._start_runner()  # a client used without ``async with``
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -211,6 +224,8 @@ class RedisLink:
                 snapshot = await fetch()
                 with contextlib.suppress(RedisError, OSError):
                     await redis.publish(self._backend.keys.channel, encode("poll", snapshot))
+                    if snapshot.is_terminal:  # nobody needs to poll it any more
+                        await redis.eval(_DROP_LEASE, 1, lease_key, self.id)
                 return snapshot
             waiter: asyncio.Future[TaskSnapshot] = asyncio.get_running_loop().create_future()
             self._polls.setdefault(task_id, []).append(waiter)

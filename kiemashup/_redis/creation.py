@@ -164,6 +164,9 @@ class SharedCreationSlots:
             except (RedisError, OSError) as exc:
                 await self._waiter.failed(exc)
                 continue
+            except asyncio.CancelledError:  # the script may have taken the place: free it
+                self.abandoned(place)
+                raise
             self._waiter.recovered()
             if answer == 0:
                 return place
