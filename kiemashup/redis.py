@@ -68,6 +68,8 @@ class RedisBackend:
             self._owns = True
         else:
             kwargs = redis.connection_pool.connection_kwargs
+            if kwargs.get("decode_responses"):
+                raise KieError("RedisBackend needs a client made with decode_responses=False")
             where = kwargs.get("path") or f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
             self.url = f"redis://{where}/{kwargs.get('db', 0)}"
             self.redis = redis

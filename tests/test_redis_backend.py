@@ -82,6 +82,10 @@ async def test_backend_from_url_and_from_an_existing_client(redis_server: RedisS
         assert backend.url == f"redis://127.0.0.1:{redis_server.port}/0"
     assert await borrowed.ping()  # still usable: not ours to close
     await borrowed.aclose()
+    decoding = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    with pytest.raises(KieError, match="decode_responses"):
+        RedisBackend(decoding, api_key=KEY)
+    await decoding.aclose()
 
 
 async def test_client_of_another_account_is_refused(redis_server: RedisServer) -> None:
