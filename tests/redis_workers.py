@@ -111,7 +111,26 @@ async def batch(base_url: str, redis_url: str, name: str, count: str, lease: str
     return {"items": len(items)}
 
 
-COMMANDS = {"submit": submit, "receive": receive, "wait": wait_tasks, "batch": batch}
+async def follow(base_url: str, redis_url: str, task_id: str) -> Any:
+    """A client process polling one task (no callbacks) through the shared poll lease."""
+    fast = PollPolicy(initial=0.2, maximum=0.5, after_first=0.2)
+    async with (
+        RedisBackend(redis_url, api_key=KEY) as backend,
+        client(base_url, backend, poll_policy=fast) as mashup,
+    ):
+        handle = mashup.task(task_id)
+        print(json.dumps({"ready": mashup._link.id.decode()}), flush=True)  # type: ignore[union-attr]
+        snapshot = await handle.wait(Stage.COMPLETE)
+        return {"stage": snapshot.stage.name, "requests": mashup.requests_sent}
+
+
+COMMANDS = {
+    "submit": submit,
+    "receive": receive,
+    "wait": wait_tasks,
+    "batch": batch,
+    "follow": follow,
+}
 
 if __name__ == "__main__":
     result = asyncio.run(COMMANDS[sys.argv[1]](*sys.argv[2:]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -200,3 +201,33 @@ async def test_recover_finds_a_task_from_a_keyed_callback_received_elsewhere(
         assert handle.task_id in server.tasks
         assert snapshot.stage is Stage.COMPLETE
         assert server.count("submit") == 1  # found, never sent again
+
+
+async def test_when_the_polling_process_dies_another_takes_over(redis_server: RedisServer) -> None:
+    """Two processes wait on one task; the one holding its poll lease is SIGKILLed, and the
+    other takes the lease over and sees the task complete."""
+    timeline = Timeline.success(text=1.0, first=2.0, complete=3.0)
+    async with (
+        FakeKieServer(api_key=KEY, default_timeline=timeline) as server,
+        RedisBackend(redis_server.url, api_key=KEY) as backend,
+    ):
+        async with MashupClient(api_key=KEY, base_url=server.url) as plain:
+            task_id = (await plain.submit(request(8))).task_id
+        procs = [await start_worker("follow", server.url, redis_server.url, task_id) for _ in "ab"]
+        ids = [str((await first_line(proc))["ready"]) for proc in procs]
+        lease = backend.keys.poll_lease(task_id)
+        holder = None
+        for _ in range(200):  # the first poll takes the lease
+            holder = await backend.redis.get(lease)
+            if holder is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert holder is not None
+        doomed = ids.index(holder.decode())
+        polls_before = server.count("record-info")
+        procs[doomed].send_signal(signal.SIGKILL)
+        await procs[doomed].wait()
+        result = await last_line(procs[1 - doomed])
+        assert result["stage"] == "COMPLETE"
+        assert int(str(result["requests"])) >= 1  # it polled once the lease was its own
+        assert server.count("record-info") > polls_before
