@@ -114,8 +114,8 @@ class MashupClient:
         self.retry_policy = retry_policy or RetryPolicy()
         self.timeouts = timeouts or Timeouts()
         rand = rand or random.random
-        # Many processes, one account (docs/scaling.md): the creation window and the
-        # request pauses are shared through the backend.
+        # Many processes, one account (docs/scaling.md): the creation window, Kie's
+        # push-back, callbacks and polls are shared through the backend.
         self.backend = backend
         if backend is not None:
             backend.check_api_key(key)
@@ -130,7 +130,7 @@ class MashupClient:
             shared_creations=(
                 backend.creation_slots(self.rate_limits, self.timeouts) if backend else None
             ),
-            shared_pause=backend.request_budget() if backend else None,
+            shared_budget=backend.request_budget() if backend else None,
         )
         self._files = FileTransfer(self._transport, upload_base_url=self.upload_base_url)
         self._scheduler = PollScheduler(

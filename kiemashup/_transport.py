@@ -197,7 +197,7 @@ class Transport:
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
         shared_creations: CreationSlots | None = None,
-        shared_pause: SharedBudget | None = None,
+        shared_budget: SharedBudget | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._session = session
@@ -227,9 +227,9 @@ class Transport:
         self._creations = CreationWindow(limits.submits_per_window, limits.submit_window)
         self._creation_lock = asyncio.Lock()  # submits take their places first come, first served
         self._creation_news = asyncio.Event()
-        # A backend (kiemashup.redis) shares the window and pauses with other processes.
+        # A backend (kiemashup.redis) shares the window and push-back with other processes.
         self._shared_creations = shared_creations
-        self._shared_pause = shared_pause
+        self._shared_budget = shared_budget
         self.requests_sent = 0
         self.closed = False
 
@@ -262,8 +262,8 @@ class Transport:
     async def _wait_turn(self) -> None:
         """The client's request budget: wait for this request's slot."""
         budget = self.budget
-        if self._shared_pause is not None:
-            await self._shared_pause.wait()
+        if self._shared_budget is not None:
+            await self._shared_budget.wait()
         while True:  # a slot taken before the budget was cut is given up for a new one
             cuts = budget.cuts
             delay = budget.reserve(self._clock(), horizon=budget.window)
@@ -349,13 +349,13 @@ class Transport:
             if wait is not None:
                 wait = min(wait, self._retry.max_retry_after)
             self.budget.pushed_back(clock(), sent_at, wait)
-            if self._shared_pause is not None:
-                self._shared_pause.pushed_back(wait, self.budget.rate)
+            if self._shared_budget is not None:
+                self._shared_budget.pushed_back(wait, self.budget.rate)
             raise
         except ServiceUnavailableError:
             self.budget.unavailable(clock())
-            if self._shared_pause is not None:
-                self._shared_pause.pushed_back(self.budget.window, None)
+            if self._shared_budget is not None:
+                self._shared_budget.pushed_back(self.budget.window, None)
             raise
         except KieError:
             self.budget.accepted(clock())
