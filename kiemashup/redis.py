@@ -22,8 +22,9 @@ from redis.exceptions import RedisError
 from kiemashup._core.errors import BackendError, KieError
 from kiemashup._core.models import TaskSnapshot
 from kiemashup._core.policy import PollPolicy, RateLimits, Timeouts
+from kiemashup._redis.budget import SharedRequestBudget
 from kiemashup._redis.callbacks import RedisLink, publish_callback
-from kiemashup._redis.creation import SharedCreationSlots, SharedRequestBudget
+from kiemashup._redis.creation import SharedCreationSlots
 from kiemashup._redis.journal import DEFAULT_LEASE, RedisJournal
 from kiemashup._redis.keys import Keys, namespace_for, redact
 
