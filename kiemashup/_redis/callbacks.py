@@ -162,6 +162,22 @@ class RedisLink:
         for raw in kept:
             self._handle(raw)
 
+    async def _reread(self) -> None:
+        """After an outage: the kept callbacks of every task listened for, 500 at a time."""
+        task_ids = list(self._interest)
+        keys = self._backend.keys
+        for start in range(0, len(task_ids), 500):
+            try:
+                async with self._backend.redis.pipeline(transaction=False) as pipe:
+                    for task_id in task_ids[start : start + 500]:
+                        pipe.lrange(keys.kept(task_id), 0, -1)
+                    lists = await pipe.execute()
+            except (RedisError, OSError):
+                return  # away again: the next recovery reads them
+            for kept in lists:
+                for raw in kept:
+                    self._handle(raw)
+
     async def _run(self) -> None:
         """Subscribe, hand messages over; on Redis trouble, resubscribe and reread kept lists."""
         while True:
@@ -172,14 +188,18 @@ class RedisLink:
                 self._subscribed.set()
                 if self._waiter.failures:
                     self._waiter.recovered()
-                    for task_id in list(self._interest):  # what was missed while away
-                        await self._read_kept(task_id)
+                    self._spawn(self._reread())  # what was missed while away
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message["type"] == "message":
                         self._handle(message["data"])
             except (RedisError, OSError) as exc:
+                self._subscribed.clear()
                 await self._waiter.failed(exc)
+            except Exception:  # a bug: logged, and the subscription goes on
+                log.exception("the Redis subscription failed; subscribing again")
+                self._subscribed.clear()
+                await self._waiter.failed(RuntimeError("subscription error"))
             finally:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
