@@ -133,10 +133,11 @@ class RedisJournal:
         except (RedisError, OSError) as exc:
             raise self._fail(exc, "open it (Redis is unreachable)") from None
         self._opened_at = seconds + micros / 1e6
-        self._renewer = asyncio.get_running_loop().create_task(self._keep_leases())
+        if self._renewer is None:
+            self._renewer = asyncio.get_running_loop().create_task(self._keep_leases())
 
     async def claim(self, item: ItemKey) -> str:
-        """ "mine" (entry loaded, lease held), "held" (another process's) or "settled"."""
+        """Claim ``item``: "mine" (entry loaded, lease held), "held" or "settled"."""
         lease, records, done = self._keys(item)
         try:
             answer = await self._claim(
@@ -151,7 +152,10 @@ class RedisJournal:
         self._held.add(item)
         entry = None
         for number, raw in enumerate(answer[1:], 1):
-            record = json.loads(raw)
+            try:
+                record = json.loads(raw)
+            except (ValueError, RecursionError):
+                raise JournalError(self.path, f"record {number} of an item is not JSON") from None
             problem = check_record(record)
             if problem is not None:
                 raise JournalError(self.path, f"record {number} of an item is bad ({problem})")
