@@ -19,8 +19,11 @@ KEY = "sk-redis-test-0123456789"
 
 
 def test_import_kiemashup_never_imports_redis() -> None:
-    """``import kiemashup`` (and the CLI) leave redis unimported: it is an optional extra."""
-    code = "import kiemashup, kiemashup._cli, sys; assert 'redis' not in sys.modules, 'redis'"
+    """``import kiemashup`` (the CLI, the testing kit) leaves redis unimported: an extra."""
+    code = (
+        "import kiemashup, kiemashup._cli, kiemashup.testing, sys; "
+        "assert 'redis' not in sys.modules, 'redis'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -13,9 +13,15 @@ import pytest
 from redis_kit import RedisServer, redis_server
 from redis_workers import KEY, request
 
-from kiemashup import JournalError, MashupClient, PollPolicy, SubmitOutcomeUnknown
+from kiemashup import (
+    CallbackReceiver,
+    JournalError,
+    MashupClient,
+    PollPolicy,
+    SubmitOutcomeUnknown,
+)
 from kiemashup.redis import RedisBackend
-from kiemashup.testing import FakeKieServer, Timeline
+from kiemashup.testing import FakeKieServer, Fault, Timeline
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
@@ -131,3 +137,32 @@ async def test_journal_writes_fail_loudly_when_redis_is_gone(redis_server: Redis
             await journal.append(item, 0, "intent", key="k" + "x" * 16)
         assert server.count("submit") == 0
         await journal.aclose()
+
+
+async def test_an_unknown_submit_is_recovered_by_its_key_through_redis(
+    redis_server: RedisServer,
+) -> None:
+    """A shared-journal batch whose submit reply is lost finds the task by its callback key,
+    received by a receiver in another process, and never submits the item again."""
+    timeline = Timeline.success(text=0.2, first=0.4, complete=0.6)
+    async with (
+        FakeKieServer(api_key=KEY, default_timeline=timeline) as server,
+        RedisBackend(redis_server.url, api_key=KEY) as elsewhere,
+        RedisBackend(redis_server.url, api_key=KEY) as backend,
+        CallbackReceiver(port=0, backend=elsewhere) as receiver,
+        MashupClient(
+            api_key=KEY,
+            base_url=server.url,
+            poll_policy=FAST,
+            backend=backend,
+            callback_url=receiver.url,
+        ) as client,
+    ):
+        server.inject(Fault("submit", "drop_after_create"))
+        requests = [request(i) for i in range(3)]
+        journal = backend.journal("recovering")
+        async with client.run_batch(requests, journal=journal, recover_wait=10) as items:
+            results = [item async for item in items]
+        assert all(item.ok for item in results), [item.error for item in results]
+        assert server.count("submit") == 3  # the lost reply's item was not sent again
+        assert server.creations == 3
