@@ -1,9 +1,10 @@
 """``RedisBackend``: many processes, one account (``pip install 'kiemashup[redis]'``).
 
 Processes that use one Kie account share, through one Redis, what Kie counts per
-account: the creation window (20 per 10 s, counted by arrival), pauses of the request
-budget, callbacks (a receiver in any process wakes handles in every process), one poll
-per task, and batch journals (``journal(name)``). See docs/scaling.md.
+account: the creation window (20 per 10 s, counted by arrival), Kie's push-back (a
+shared pause and cap of the request budget), callbacks (a receiver in any process wakes
+handles in every process), one poll per task, per-submit keys for ``recover()``, and
+batch journals (``journal(name)``). See docs/scaling.md.
 
 This module and ``kiemashup._redis`` are the only ones that import redis;
 ``import kiemashup`` never does.
