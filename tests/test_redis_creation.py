@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,9 @@ from redis_kit import RedisServer, redis_server
 from redis_workers import KEY
 
 from kiemashup import MashupClient, RateLimitError, RateLimits, RetryPolicy, Timeouts
+from kiemashup._core.timing import CreationWindow
+from kiemashup._redis.creation import _CLOSE as CLOSE
+from kiemashup._redis.creation import _TAKE as TAKE
 from kiemashup.redis import RedisBackend
 from kiemashup.testing import FakeKieServer, Fault, Timeline
 
@@ -105,3 +109,47 @@ async def test_a_push_back_pauses_and_caps_every_client(redis_server: RedisServe
         assert await b.credits() >= 0
         assert time.monotonic() - started >= 0.5  # b waited out a's Retry-After
         assert await one.redis.zcard(one.keys.budget_sends) >= 1  # and took a shared slot
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_the_lua_window_follows_creation_window_step_by_step(
+    redis_server: RedisServer, seed: int
+) -> None:
+    """The shared window's scripts answer exactly as CreationWindow does, for random runs of
+    takes, replies (accepted, 429 with and without Retry-After) and abandoned submits."""
+    rng = random.Random(seed)
+    limit, window = 4, 1.0
+    local = CreationWindow(limit, window)
+    async with RedisBackend(redis_server.url, namespace=f"diff{seed}") as backend:
+        keys = list(backend.keys.creation)
+        now, lease, open_places, counter = 1000.0, 500.0, [], 0
+        seen: set[str] = set()  # the kinds of answer the run met
+        for _ in range(300):
+            now += rng.choice([0.0, 0.01, 0.05, 0.2, 0.6])
+            op = rng.random()
+            if op < 0.5:
+                expected = local.wait(now)
+                counter += 1
+                args = [limit, window, local.margin, lease, f"p{counter}", 600_000, repr(now)]
+                got = float(await backend.redis.eval(TAKE, 3, *keys, *args))
+                seen.add("reply" if expected is None else "now" if expected == 0 else "later")
+                if expected is None:
+                    assert got == -1
+                else:
+                    assert got == pytest.approx(expected, abs=1e-6)
+                if expected == 0:
+                    local.opened()
+                    open_places.append(f"p{counter}")
+            elif open_places:
+                place = open_places.pop(rng.randrange(len(open_places)))
+                if op < 0.6:
+                    local.abandoned()
+                    await backend.redis.zrem(keys[0], place)
+                    continue
+                rejected = op < 0.75
+                retry_after = rng.choice([None, 0.3]) if rejected else None
+                local.closed(now, rejected=rejected, retry_after=retry_after)
+                hold = -1.0 if retry_after is None else retry_after
+                args = [window, local.margin, place, "1" if rejected else "0", hold, 600_000]
+                await backend.redis.eval(CLOSE, 3, *keys, *args, repr(now))
+        assert seen == {"reply", "now", "later"}

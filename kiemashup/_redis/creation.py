@@ -36,9 +36,13 @@ RECHECK = 0.02
 #: The longest a submit sleeps before asking again (a place may free up sooner).
 MAX_SLEEP = 0.5
 
+# ARGV[7] (take) and ARGV[7] (close), when given, replace Redis's clock: tests compare
+# the scripts step by step with CreationWindow (tests/test_redis_creation.py).
 _TAKE = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000 + 0.000000001
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if ARGV[7] then now = tonumber(ARGV[7]) end
+now = now + 0.000000001
 local limit, window, margin = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local lease, id, ttl = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES')
@@ -68,6 +72,7 @@ return '-1'
 _CLOSE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if ARGV[7] then now = tonumber(ARGV[7]) end
 local window, margin, id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local rejected, retry_after, ttl = ARGV[4] == '1', tonumber(ARGV[5]), tonumber(ARGV[6])
 redis.call('ZREM', KEYS[1], id)
