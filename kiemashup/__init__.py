@@ -8,6 +8,7 @@ from kiemashup._client import MashupClient
 from kiemashup._core.errors import (
     APIError,
     AuthenticationError,
+    BackendError,
     CallbackRejected,
     ClientClosedError,
     DownloadError,
@@ -36,6 +37,7 @@ from kiemashup._receiver import CallbackReceiver, parse_callback
 __all__ = [
     "APIError",
     "AuthenticationError",
+    "BackendError",
     "BatchItem",
     "CallbackReceiver",
     "CallbackRejected",

@@ -54,6 +54,35 @@ RECOVER_WAIT = 300.0
 OnProgress = Callable[[int, str], None]
 
 
+class SharedJournal(Protocol):
+    """A journal several processes run at once (``RedisBackend.journal(name)``).
+
+    Besides the file journal's ``entry``/``append``/``append_soon``, each item is
+    claimed with a lease before a worker touches it: ``claim`` answers "mine" (the
+    entry is loaded and the lease held), "held" (another process works on it: try
+    again later) or "settled" (another process of this run yielded it: skip it).
+    ``release`` ends the lease of an item whose result was yielded.
+    """
+
+    async def open(self) -> None: ...
+
+    async def claim(self, item: ItemKey) -> str: ...
+
+    async def release(self, item: ItemKey) -> None: ...
+
+    def entry(self, item: ItemKey) -> Entry | None: ...
+
+    async def append(self, item: ItemKey, index: int, event: str, **fields: Any) -> None: ...
+
+    def append_soon(self, item: ItemKey, index: int, event: str, **fields: Any) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+#: How long a worker waits before asking again for an item another process holds.
+HELD_RETRY = 0.5
+
+
 class BatchClient(Protocol):
     """What a batch needs from a client (``MashupClient`` has it)."""
 
@@ -132,7 +161,7 @@ class _Run:
     def __init__(
         self,
         client: BatchClient,
-        journal: Journal | None,
+        journal: Journal | SharedJournal | None,
         *,
         stage: Stage,
         resubmit_unknown: bool,
@@ -147,6 +176,9 @@ class _Run:
         self.recover_wait = recover_wait
         self.on_progress = on_progress
         self.queue = queue
+        # A shared journal: items other processes hold, to try again at the end.
+        self.shared = journal if not isinstance(journal, Journal | None) else None
+        self.held: list[_Work] = []
 
     def _note(self, index: int, event: str) -> None:
         if self.on_progress is not None:
@@ -163,11 +195,31 @@ class _Run:
     async def worker(self, items: Iterator[_Work]) -> None:
         try:
             for work in items:  # next() is synchronous: workers never race on it
-                await self.queue.put(await self.run_item(work))
+                await self._claimed(work)
+            while self.held:  # items other processes held: theirs until their lease ends
+                await self._claimed(self.held.pop(0), retry=True)
         except Exception as exc:  # a bug or a journal problem: stop the batch, loudly
             await self.queue.put(_Stop(exc))
             return
         await self.queue.put(_Stop(None))
+
+    async def _claimed(self, work: _Work, *, retry: bool = False) -> None:
+        """Run ``work`` if this process may (always, without a shared journal)."""
+        shared = self.shared
+        if shared is None:
+            await self.queue.put(await self.run_item(work))
+            return
+        claim = await shared.claim(work.item)
+        if claim == "held":
+            if retry:
+                await asyncio.sleep(HELD_RETRY)
+            self.held.append(work)
+            return
+        if claim == "settled":
+            return
+        result = await self.run_item(work)
+        await shared.release(work.item)
+        await self.queue.put(result)
 
     async def run_item(self, work: _Work) -> BatchItem:
         entry = self.journal.entry(work.item) if self.journal is not None else None
@@ -324,7 +376,7 @@ class Batch:
         client: BatchClient,
         requests: Iterable[MashupRequest],
         *,
-        journal: str | os.PathLike[str] | None,
+        journal: str | os.PathLike[str] | SharedJournal | None,
         concurrency: int,
         resubmit_unknown: bool,
         recover_wait: float,
@@ -337,7 +389,7 @@ class Batch:
         self._limit = concurrency
         self._options = (Stage(stage), resubmit_unknown, recover_wait, on_progress)
         self._queue: asyncio.Queue[BatchItem | _Stop] = asyncio.Queue(maxsize=concurrency)
-        self._journal: Journal | None = None
+        self._journal: Journal | SharedJournal | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._running = 0
         self._started = False
@@ -350,8 +402,11 @@ class Batch:
         if self._started:
             return
         self._started = True
-        if self._journal_path is not None:
+        if isinstance(self._journal_path, str | os.PathLike):
             self._journal = await asyncio.to_thread(Journal, self._journal_path)
+        elif self._journal_path is not None:
+            await self._journal_path.open()
+            self._journal = self._journal_path
         stage, resubmit_unknown, recover_wait, on_progress = self._options
         run = _Run(
             self._client,
@@ -408,8 +463,7 @@ class Batch:
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        if self._journal is not None:
-            await asyncio.to_thread(self._journal.close)
+        await _close(self._journal)
 
     def __del__(self) -> None:
         # Dropped unclosed (``break`` out of a plain ``async for``): stop submitting at
@@ -432,17 +486,25 @@ class Batch:
 _FINISHING: set[asyncio.Task[None]] = set()
 
 
-async def _finish(workers: list[asyncio.Task[None]], journal: Journal | None) -> None:
+async def _finish(
+    workers: list[asyncio.Task[None]], journal: Journal | SharedJournal | None
+) -> None:
     await asyncio.gather(*workers, return_exceptions=True)
-    if journal is not None:
+    await _close(journal)
+
+
+async def _close(journal: Journal | SharedJournal | None) -> None:
+    if isinstance(journal, Journal):
         await asyncio.to_thread(journal.close)
+    elif journal is not None:
+        await journal.aclose()
 
 
 def run_batch(
     client: BatchClient,
     requests: Iterable[MashupRequest],
     *,
-    journal: str | os.PathLike[str] | None = None,
+    journal: str | os.PathLike[str] | SharedJournal | None = None,
     concurrency: int | None = None,
     resubmit_unknown: bool = False,
     stage: Stage = Stage.COMPLETE,

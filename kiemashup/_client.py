@@ -14,7 +14,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from kiemashup._batch import RECOVER_WAIT, Batch, OnProgress, run_batch
+from kiemashup._backend import ClientBackend
+from kiemashup._batch import RECOVER_WAIT, Batch, OnProgress, SharedJournal, run_batch
 from kiemashup._core.callbacks import ReplayGuard, body_bytes, read_callback
 from kiemashup._core.errors import (
     APIError,
@@ -128,6 +129,7 @@ class MashupClient:
         rate_limits: RateLimits | None = None,
         timeouts: Timeouts | None = None,
         rand: Callable[[], float] | None = None,
+        backend: ClientBackend | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("KIE_API_KEY")
         if not key:
@@ -145,6 +147,11 @@ class MashupClient:
         self.retry_policy = retry_policy or RetryPolicy()
         self.timeouts = timeouts or Timeouts()
         rand = rand or random.random
+        # Many processes, one account (docs/scaling.md): the creation window, Kie's
+        # push-back, callbacks and polls are shared through the backend.
+        self.backend = backend
+        if backend is not None:
+            backend.check_api_key(key)
         self._transport = Transport(
             api_key=key,
             base_url=self.base_url,
@@ -153,6 +160,10 @@ class MashupClient:
             retry=self.retry_policy,
             timeouts=self.timeouts,
             rand=rand,
+            shared_creations=(
+                backend.creation_slots(self.rate_limits, self.timeouts) if backend else None
+            ),
+            shared_budget=backend.request_budget() if backend else None,
         )
         self._files = FileTransfer(self._transport, upload_base_url=self.upload_base_url)
         self._scheduler = PollScheduler(
@@ -178,11 +189,19 @@ class MashupClient:
         self._keys: OrderedDict[str, list[str]] = OrderedDict()
         self._key_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._unsubscribe = receiver.subscribe(self._delivered) if receiver is not None else None
+        # Callbacks received by any process of the backend, and polls shared per task.
+        self._link = (
+            backend.link(self.feed, self.poll_policy, self._claimed)
+            if backend is not None
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"<MashupClient {self.base_url}>"
 
     async def __aenter__(self) -> MashupClient:
+        if self._link is not None:
+            await self._link.start()
         return self
 
     async def __aexit__(
@@ -200,6 +219,8 @@ class MashupClient:
         self._closed = True
         if self._unsubscribe is not None:
             self._unsubscribe()
+        if self._link is not None:
+            await self._link.aclose()
         await self._scheduler.aclose()
         self._fail_all(ClientClosedError("the client was closed"))
         for waiters in self._key_waiters.values():  # recover() calls still waiting
@@ -225,6 +246,8 @@ class MashupClient:
         if state is None:
             state = TaskState(task_id)
             self._states[task_id] = state
+            if self._link is not None:
+                self._link.interest(task_id)
         return state
 
     def _now(self) -> float:
@@ -253,6 +276,8 @@ class MashupClient:
         coroutine layer costs CPU on each resumption.
         """
         self._check_open()  # refresh() after aclose(): ClientClosedError, not a bare KieError
+        if self._link is not None:  # one poll of the task serves every process
+            return self._link.poll(state.task_id, lambda: self._get_snapshot(state.task_id, state))
         return self._get_snapshot(state.task_id, state)
 
     async def _get_snapshot(self, task_id: str, state: TaskState | None) -> TaskSnapshot:
@@ -291,12 +316,16 @@ class MashupClient:
         """The ``callBackUrl`` a submit will send for ``request`` (with its ``key``, if any).
 
         With a receiver, the per-submit ``key`` rides in the URL so ``recover()`` can
-        find the task a submit created; a URL of your own is sent unchanged.
+        find the task a submit created; a URL of your own is sent unchanged, except
+        with a ``backend``, where ``callback_url`` is a ``CallbackReceiver``'s URL
+        elsewhere and the key is appended the same way (docs/scaling.md).
         """
         if request.callback_url is not None:
             return request.callback_url
         if self.receiver is not None:
             return self.receiver.url_with_key(key) if key else self.receiver.url
+        if self._link is not None and self.callback_url and key:
+            return f"{self.callback_url.rstrip('/')}/{key}"
         return self.callback_url or PLACEHOLDER_CALLBACK_URL
 
     async def submit(self, request: MashupRequest) -> TaskHandle:
@@ -327,6 +356,8 @@ class MashupClient:
         self._check_open()
         if not isinstance(request, MashupRequest):
             raise TypeError(f"submit() takes a MashupRequest, not {type(request).__name__}")
+        if self._link is not None:
+            await self._link.start()  # before the task exists: no callback falls between
         key = key or new_submit_key()
         url = self.callback_url_for(request, key)
         payload = request.to_payload()
@@ -368,12 +399,18 @@ class MashupClient:
         if not isinstance(error, SubmitOutcomeUnknown):
             raise TypeError(f"recover() takes a SubmitOutcomeUnknown, not {type(error).__name__}")
         key = error.key
-        if self.receiver is None or not key:
-            why = "no receiver" if self.receiver is None else "the submit has no key"
+        # Keyed callbacks come to a receiver here, or to one elsewhere through the backend.
+        hears = self.receiver is not None or (self._link is not None and bool(self.callback_url))
+        if not hears or not key:
+            why = "no receiver" if not hears else "the submit has no key"
             raise SubmitOutcomeUnknown(
                 error.request, f"{error.reason}; cannot recover: {why}", key=key
             ) from error
         tried: set[str] = set()
+        if self._link is not None:  # keyed callbacks another process received earlier
+            await self._link.start()
+            for task_id in await self._link.claims(key):
+                self._claimed(key, task_id)
         while True:
             task_id = await self._next_claim(key, tried)
             tried.add(task_id)
@@ -414,16 +451,20 @@ class MashupClient:
         receiver = self.receiver
         key = receiver.current_key if receiver is not None else None
         if key:
-            claims = self._keys.setdefault(key, [])
-            if snapshot.task_id not in claims and len(claims) < 8:
-                claims.append(snapshot.task_id)
-            self._keys.move_to_end(key)
-            while len(self._keys) > KEYS_MAX:
-                self._keys.popitem(last=False)
-            for waiter in self._key_waiters.get(key, ()):
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._claimed(key, snapshot.task_id)
         return self.feed(snapshot)
+
+    def _claimed(self, key: str, task_id: str) -> None:
+        """A keyed callback named ``task_id`` for the submit ``key`` (``recover`` checks it)."""
+        claims = self._keys.setdefault(key, [])
+        if task_id not in claims and len(claims) < 8:
+            claims.append(task_id)
+        self._keys.move_to_end(key)
+        while len(self._keys) > KEYS_MAX:
+            self._keys.popitem(last=False)
+        for waiter in self._key_waiters.get(key, ()):
+            if not waiter.done():
+                waiter.set_result(None)
 
     def task(self, task_id: str) -> TaskHandle:
         """A handle for an existing task (no I/O); handles for one id share their state."""
@@ -499,7 +540,7 @@ class MashupClient:
         self,
         requests: Iterable[MashupRequest],
         *,
-        journal: str | os.PathLike[str] | None = None,
+        journal: str | os.PathLike[str] | SharedJournal | None = None,
         concurrency: int | None = None,
         resubmit_unknown: bool = False,
         stage: Stage = Stage.COMPLETE,
@@ -511,7 +552,9 @@ class MashupClient:
         Use it as ``async with client.run_batch(...) as items: async for item in items``:
         leaving the block stops all submitting at once. ``recover_wait`` bounds the wait
         for an unknown submit's callback (with a receiver). See docs/batch.md for the
-        journal, resuming, recovery and ``resubmit_unknown``.
+        journal, resuming, recovery and ``resubmit_unknown``. ``journal`` may also be
+        ``RedisBackend.journal(name)``: several processes run it at once, each item
+        submitted once (docs/scaling.md).
         """
         self._check_open()
         return run_batch(

@@ -82,7 +82,7 @@ def snapshot_record(snapshot: TaskSnapshot) -> dict[str, Any]:
     return data
 
 
-def snapshot_from_record(data: dict[str, Any]) -> TaskSnapshot:
+def snapshot_from_record(data: dict[str, Any], *, source: str = "journal") -> TaskSnapshot:
     """The snapshot a ``snapshot_record`` dict describes, rebuilt by ``make_snapshot``.
 
     A callback's claim stays a claim (``source="callback"``): the journal never turns
@@ -107,7 +107,7 @@ def snapshot_from_record(data: dict[str, Any]) -> TaskSnapshot:
         tuple(Track(**track) for track in tracks),
         error_code=code,
         error_message=message,
-        source="callback" if data.get("source") == "callback" else "journal",
+        source="callback" if data.get("source") == "callback" else source,
     )
 
 

@@ -20,6 +20,7 @@ from types import TracebackType
 
 from aiohttp import web
 
+from kiemashup._backend import CallbackPublisher
 from kiemashup._core.callbacks import (
     Delivery,
     ReplayGuard,
@@ -73,6 +74,7 @@ class RejectionLog:
         )
 
 
+PUBLISH_TIMEOUT = 2.0  # seconds to hand a callback to the backend (Kie waits 15 s)
 Listener = Callable[[TaskSnapshot], object]
 #: The per-submit key of the delivery being handed to listeners (see ``current_key``).
 _DELIVERY_KEY: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -165,6 +167,7 @@ class CallbackReceiver:
         # still arriving when close() starts.
         shutdown_timeout: float = 3.0,
         path_token: str | None = None,
+        backend: CallbackPublisher | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -179,6 +182,9 @@ class CallbackReceiver:
         self._listeners: list[Listener] = []
         self._replays = ReplayGuard()
         self._rejections = RejectionLog(log)
+        # Many processes (docs/scaling.md): accepted callbacks also go to every client
+        # of the backend's namespace, whichever process they run in.
+        self.backend = backend
         self._runner: web.AppRunner | None = None
         self.accepted = 0
         self.rejected = 0
@@ -297,7 +303,22 @@ class CallbackReceiver:
                 listener(snapshot)
             except Exception:  # a listener bug must not cost Kie's delivery or our server
                 log.exception("callback listener failed for task %s", snapshot.task_id)
+        if self.backend is not None:
+            await self._publish(self.backend, snapshot)
         return web.json_response({"status": "received"})
+
+    async def _publish(self, backend: CallbackPublisher, snapshot: TaskSnapshot) -> None:
+        """Hand the callback to the backend; on failure the other replicas fall back to polls."""
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                await backend.publish(snapshot, _DELIVERY_KEY.get())
+        except Exception as exc:  # Redis trouble must not cost Kie's delivery
+            log.warning(
+                "callback for task %s not published to the backend (%s); other replicas "
+                "will find its news by polling",
+                snapshot.task_id,
+                type(exc).__name__,
+            )
 
     async def _read(self, request: web.Request) -> Delivery:
         """The delivery in ``request``: bounded in size and time, verified, parsed."""

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import aiohttp
 import attrs
 
+from kiemashup._backend import CreationSlots, SharedBudget
 from kiemashup._core.errors import (
     ClientClosedError,
     KieError,
@@ -195,6 +196,8 @@ class Transport:
         rand: Callable[[], float] = random.random,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
+        shared_creations: CreationSlots | None = None,
+        shared_budget: SharedBudget | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._session = session
@@ -224,6 +227,9 @@ class Transport:
         self._creations = CreationWindow(limits.submits_per_window, limits.submit_window)
         self._creation_lock = asyncio.Lock()  # submits take their places first come, first served
         self._creation_news = asyncio.Event()
+        # A backend (kiemashup.redis) shares the window and push-back with other processes.
+        self._shared_creations = shared_creations
+        self._shared_budget = shared_budget
         self.requests_sent = 0
         self.closed = False
 
@@ -247,17 +253,26 @@ class Transport:
 
     async def aclose(self) -> None:
         self.closed = True
+        if self._shared_creations is not None:
+            await self._shared_creations.aclose()
         if self._owns_session and self._session is not None:
             await self._session.close()
         self._session = None
 
     def _turn_now(self) -> bool:
-        """Take a slot of the request budget if one is free now (no coroutine: hot path)."""
+        """Take a slot of the request budget if one is free now (no coroutine: hot path).
+
+        With a shared budget the turn is always taken in ``_wait_turn`` (it may pause).
+        """
+        if self._shared_budget is not None:
+            return False
         return self.budget.reserve(self._clock(), horizon=0.0) <= 0
 
     async def _wait_turn(self) -> None:
         """The client's request budget: wait for this request's slot."""
         budget = self.budget
+        if self._shared_budget is not None:
+            await self._shared_budget.wait()
         while True:  # a slot taken before the budget was cut is given up for a new one
             cuts = budget.cuts
             delay = budget.reserve(self._clock(), horizon=budget.window)
@@ -344,7 +359,9 @@ class Transport:
             wait = exc.retry_after
             if wait is not None:
                 wait = min(wait, self._retry.max_retry_after)
-            self.budget.pushed_back(clock(), sent_at, wait)
+            cut = self.budget.pushed_back(clock(), sent_at, wait)
+            if cut and self._shared_budget is not None:  # a real push-back: tell them all
+                self._shared_budget.pushed_back(wait, self.budget.rate)
             raise
         except ServiceUnavailableError:
             raise  # maintenance: each request backs off (retry, then the outage cadence)
@@ -389,13 +406,16 @@ class Transport:
                 await self._sleep(delay)
                 attempt += 1
 
-    async def pace_submit(self) -> None:
+    async def pace_submit(self) -> object:
         """Wait for a place in Kie's creation limit and take it (first come, first served).
 
-        Cancelled while waiting, it takes nothing; a place taken is freed by
+        Cancelled while waiting, it takes nothing; the place taken (returned) is freed by
         ``_creation_closed`` (the POST left) or ``_creation_abandoned`` (it never did).
+        With a backend, the place is in the window every process of the account shares.
         """
         async with self._creation_lock:
+            if self._shared_creations is not None:
+                return await self._shared_creations.take()
             while True:
                 wait = self._creations.wait(self._clock())
                 if wait == 0:
@@ -406,8 +426,11 @@ class Transport:
                 else:
                     await self._sleep(wait)
             self._creations.opened()
+            return None
 
-    def _creation_closed(self, reply: tuple[int, str | None, bytes] | None) -> None:
+    def _creation_closed(
+        self, reply: tuple[int, str | None, bytes] | None, place: object = None
+    ) -> None:
         """A submit ended (``reply`` None: no reply); a 429 holds the next ones back."""
         rejected, wait = False, None
         if reply is not None:
@@ -417,11 +440,17 @@ class Transport:
                 rejected, wait = True, exc.retry_after
             except KieError:
                 pass
+        if self._shared_creations is not None:
+            self._shared_creations.closed(place, rejected=rejected, retry_after=wait)
+            return
         self._creations.closed(self._clock(), rejected=rejected, retry_after=wait)
         self._creation_news.set()
 
-    def _creation_abandoned(self) -> None:
+    def _creation_abandoned(self, place: object = None) -> None:
         """A submit that held a place was given up before its POST left: nothing was sent."""
+        if self._shared_creations is not None:
+            self._shared_creations.abandoned(place)
+            return
         self._creations.abandoned()
         self._creation_news.set()
 
@@ -449,7 +478,7 @@ class Transport:
         report = _orphan_reporter(request, key, on_orphan)
 
         async def attempt() -> str:
-            await self.pace_submit()
+            place = await self.pace_submit()
             left = False
             got: list[tuple[int, str | None, bytes]] = []  # the reply, once it came
 
@@ -464,9 +493,9 @@ class Transport:
             )
             exchange.add_done_callback(
                 lambda _done: (
-                    self._creation_closed(got[0] if got else None)
+                    self._creation_closed(got[0] if got else None, place)
                     if left
-                    else self._creation_abandoned()
+                    else self._creation_abandoned(place)
                 )
             )
             if on_sent is not None:

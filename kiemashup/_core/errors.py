@@ -19,6 +19,7 @@ KieError
 ├── DownloadError         a download failed for good  (.url, .reason, .http_status, .path)
 ├── JournalError          a batch journal is unusable  (.path, .reason, .task_id)
 │   └── JournalMismatchError (also ValueError)  the input changed since the journal  (.index)
+├── BackendError          the shared backend (Redis) cannot be reached  (.url, .reason)
 └── ClientClosedError     the client was closed while a call waited
 ```
 
@@ -206,6 +207,18 @@ class JournalMismatchError(JournalError, ValueError):
     def __init__(self, path: object, index: int, reason: str) -> None:
         self.index = index
         super().__init__(path, reason)
+
+
+class BackendError(KieError):
+    """The shared backend (``kiemashup.redis``) cannot be used: unreachable, refused.
+
+    ``url`` is the backend's address without any password; ``reason`` says what failed.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"backend {url}: {reason}")
 
 
 class ClientClosedError(KieError):

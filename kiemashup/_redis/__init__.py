@@ -1,0 +1,1 @@
+"""The Redis backend's parts (``kiemashup.redis`` is its public face); only they import redis."""
