@@ -41,7 +41,7 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -145,6 +145,21 @@ class Entry:
         return self.task_id is None and self.event in ("intent", "unknown")
 
 
+def read_record(raw: bytes | str) -> dict[str, Any]:
+    """One journal record from its JSON text; ``ValueError`` saying what it is not.
+
+    The one reading of a record, for the file journal and the shared (Redis) one.
+    """
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ValueError("not valid JSON") from None
+    problem = _check_record(record)
+    if problem is not None:
+        raise ValueError(f"not a journal record ({problem})")
+    return cast(dict[str, Any], record)
+
+
 def _check_record(record: Any) -> str | None:
     """Why ``record`` is not a valid journal record, or None."""
     if not isinstance(record, dict):
@@ -241,12 +256,9 @@ class Journal:
         offset = len(first) + 1
         for number, line in enumerate(complete[1:], 2):
             try:
-                record = json.loads(line)
-            except (ValueError, RecursionError):
-                raise JournalError(self.path, f"line {number} is not valid JSON") from None
-            problem = _check_record(record)
-            if problem is not None:
-                raise JournalError(self.path, f"line {number} is not a journal record ({problem})")
+                record = read_record(line)
+            except ValueError as exc:
+                raise JournalError(self.path, f"line {number} is {exc}") from None
             item = (record["fp"], record["n"])
             entry = self.entries.get(item)
             if entry is None:

@@ -33,8 +33,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from kiemashup._core.errors import JournalError
-from kiemashup._journal import Entry, ItemKey
-from kiemashup._journal import _check_record as check_record  # the file journal's own rule
+from kiemashup._journal import Entry, ItemKey, read_record
 
 if TYPE_CHECKING:
     from kiemashup.redis import RedisBackend
@@ -153,12 +152,9 @@ class RedisJournal:
         entry = None
         for number, raw in enumerate(answer[1:], 1):
             try:
-                record = json.loads(raw)
-            except (ValueError, RecursionError):
-                raise JournalError(self.path, f"record {number} of an item is not JSON") from None
-            problem = check_record(record)
-            if problem is not None:
-                raise JournalError(self.path, f"record {number} of an item is bad ({problem})")
+                record = read_record(raw)
+            except ValueError as exc:
+                raise JournalError(self.path, f"record {number} of an item is {exc}") from None
             if entry is None:
                 entry = Entry(record["fp"])
             entry.apply(record)
