@@ -132,8 +132,8 @@ class MashupClient:
         backend: ClientBackend | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("KIE_API_KEY")
-        if not key:
-            raise KieError("no API key: pass api_key= or set KIE_API_KEY")
+        if not key or not key.strip():  # a blank key would only fail later, as a 401
+            raise KieError("no API key: pass api_key= or set KIE_API_KEY (it is blank)")
         self.base_url = (base_url or os.environ.get("KIE_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.upload_base_url = (
             upload_base_url or os.environ.get("KIE_UPLOAD_BASE_URL") or DEFAULT_UPLOAD_BASE_URL
@@ -478,6 +478,8 @@ class MashupClient:
     async def get_task(self, task_id: str) -> TaskSnapshot:
         """One record-info call: the task's snapshot now."""
         self._check_open()
+        if not isinstance(task_id, str) or not task_id:
+            raise ValueError("task_id must be a non-empty string")
         state = self._states.get(task_id)  # a live task's polls share its per-task limit
         snapshot = await self._get_snapshot(task_id, state)
         if state is not None:

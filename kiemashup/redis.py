@@ -17,8 +17,13 @@ import os
 from collections.abc import Callable
 from types import TracebackType
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+try:
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+except ImportError as exc:  # the extra is not installed: say how to get it
+    raise ImportError(
+        "kiemashup.redis needs the redis client: pip install 'kiemashup[redis]'"
+    ) from exc
 
 from kiemashup._core.errors import BackendError, KieError
 from kiemashup._core.models import TaskSnapshot

@@ -191,6 +191,13 @@ def run_main(
         (("wait", "t1", "--timeout", "nan"), "argument --timeout: must be a finite number"),
         (("wait", "t1", "--timeout", "0"), "argument --timeout: must be above 0"),
         (("upload", "ftp://x/y.mp3"), "ftp://x/y.mp3: only http(s) URLs and local files"),
+        (("submit", "http://", URL_B, "--prompt", "x"), "'http://' is not a valid http(s) URL"),
+        (
+            ("submit", "https://exa mple.com/a.mp3", URL_B, "--prompt", "x"),
+            "'https://exa mple.com/a.mp3' is not a valid http(s) URL",
+        ),
+        (("status", ""), "argument task_id: must not be empty"),
+        (("download", " ", "out"), "argument task_id: must not be empty"),
         (("submit", URL_A, URL_B, "--weirdness", "x"), "argument --weirdness: must be a number"),
         (("nonsense",), "argument COMMAND: invalid choice: 'nonsense'"),
     ],

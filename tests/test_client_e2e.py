@@ -15,6 +15,7 @@ from conftest import TEST_API_KEY
 from kiemashup import (
     AuthenticationError,
     ClientClosedError,
+    KieError,
     MashupClient,
     MashupRequest,
     RateLimits,
@@ -559,3 +560,9 @@ async def test_no_unclosed_resource_warnings(fake_server: FakeKieServer) -> None
         gc.collect()
         await asyncio.sleep(0)
     assert [str(w.message) for w in caught if "Unclosed" in str(w.message)] == []
+
+
+def test_a_blank_api_key_is_refused_when_the_client_is_built() -> None:
+    """MashupClient(api_key="  ") raises KieError at once, not a 401 at the first request."""
+    with pytest.raises(KieError, match="API key"):
+        MashupClient(api_key="  ")

@@ -111,7 +111,8 @@ def read_environment(environ: Mapping[str, str] | None = None, *, need_key: bool
     for name in ("KIE_BASE_URL", "KIE_UPLOAD_BASE_URL"):
         value = env.get(name) or None
         if value is not None and not is_http_url(value.strip()):
-            problems.append(f"{name} must be an http(s) URL such as https://api.kie.ai")
+            example = "https://kieai.redpandaai.co" if "UPLOAD" in name else "https://api.kie.ai"
+            problems.append(f"{name} must be an http(s) URL such as {example}")
         urls[name] = value.strip() if value else None
     poll = env.get("KIEMASHUP_POLL_INITIAL") or None
     seconds: float | None = None
@@ -149,6 +150,16 @@ def make_client(config: Config | None = None) -> MashupClient:
 
 
 # --- argument types (each rejects NaN, infinities and out-of-range values) -----------------
+
+
+def task_id(text: str) -> str:
+    """An argparse type: a task id (non-empty; sent to Kie as it is)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+task_id.__name__ = "task id"
 
 
 def int_in(low: int, high: int) -> Callable[[str], int]:

@@ -11,7 +11,14 @@ import tempfile
 from typing import Any
 from urllib.parse import urlsplit
 
-from kiemashup._cli.common import EXIT_FAILED, EXIT_OK, UsageError, make_client, read_environment
+from kiemashup._cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    make_client,
+    read_environment,
+    task_id,
+)
 from kiemashup._client import MashupClient
 from kiemashup._core.errors import TaskFailedError
 from kiemashup._core.filenames import track_file_name
@@ -28,7 +35,7 @@ def add_file_commands(sub: Any) -> None:
     upload.add_argument("--json", action="store_true", help="machine-readable output")
 
     download = sub.add_parser("download", help="save a task's playable tracks in a folder")
-    download.add_argument("task_id")
+    download.add_argument("task_id", type=task_id)
     download.add_argument("dir")
     download.add_argument("--wait", action="store_true", help="wait until complete first")
     download.add_argument("--json", action="store_true", help="machine-readable output")
@@ -39,6 +46,8 @@ def check_source(source: str) -> None:
     scheme = urlsplit(source).scheme if "://" in source else ""
     if scheme and scheme not in ("http", "https"):
         raise UsageError(f"{source}: only http(s) URLs and local files can be used, not {scheme}:")
+    if scheme and not is_http_url(source):  # "http://", a space in the host: not a file either
+        raise UsageError(f"{source!r} is not a valid http(s) URL")
 
 
 async def save_tracks(client: MashupClient, snapshot: TaskSnapshot, folder: str) -> list[str]:

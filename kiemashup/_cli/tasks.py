@@ -17,6 +17,7 @@ from kiemashup._cli.common import (
     print_snapshot,
     read_environment,
     seconds_in,
+    task_id,
     weight,
 )
 from kiemashup._cli.display import Display
@@ -60,11 +61,11 @@ def add_task_commands(sub: Any) -> None:
     submit.add_argument("--json", action="store_true", help="machine-readable output")
 
     status = sub.add_parser("status", help="show a task's current state (one poll)")
-    status.add_argument("task_id")
+    status.add_argument("task_id", type=task_id)
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     wait = sub.add_parser("wait", help="wait for a task to reach a stage")
-    wait.add_argument("task_id")
+    wait.add_argument("task_id", type=task_id)
     wait.add_argument("--stage", choices=STAGES, default="complete", help="default: complete")
     wait.add_argument("--timeout", type=timeout_seconds, metavar="SECONDS", help=_TIMEOUT_HELP)
     wait.add_argument("--json", action="store_true", help="machine-readable output")
