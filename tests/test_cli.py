@@ -226,6 +226,34 @@ def test_a_batch_file_that_is_not_utf8_is_a_usage_error(
     assert err.splitlines() == [f"kiemashup: {path}: not UTF-8 text (byte 18)"]
 
 
+def test_every_bad_batch_line_is_reported_in_plain_words(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A batch file with several bad lines lists each, with a hint for a misspelt field."""
+    path = tmp_path / "pairs.jsonl"
+    good = {"upload_urls": [URL_A, URL_B], "prompt": "ok"}
+    lines = [
+        json.dumps({"upload_urls": [URL_A], "prompt": "x"}),
+        json.dumps({"upload_urls": [URL_A, URL_B], "promt": "typo"}),
+        "[1, 2]",
+        "{not json}",
+        json.dumps(good),
+        json.dumps({"prompt": "x"}),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    code, out, err = run_main(capsys, monkeypatch, "batch", str(path), KIE_API_KEY="k")
+    assert code == EXIT_USAGE
+    assert out == ""
+    said = err.splitlines()
+    assert said[0] == f"kiemashup: {path}: 5 bad line(s), nothing was submitted:"
+    assert said[1].strip() == "line 1: upload_urls: exactly 2 URLs (got 1 URL(s))"
+    assert said[2].strip().startswith("line 2: unknown field 'promt'; did you mean 'prompt'?")
+    assert said[3].strip().startswith("line 3: not a JSON object")
+    assert said[4].strip().startswith("line 4: not valid JSON")
+    assert said[5].strip() == "line 6: upload_urls is required"
+    assert "Error" not in err  # no Python exception names
+
+
 def test_every_request_problem_is_listed_by_its_flag(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

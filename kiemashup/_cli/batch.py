@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 from typing import Any
@@ -60,9 +61,16 @@ class BatchFileError(UsageError):
     """A line of the batch file is not a valid request (or the file cannot be read)."""
 
 
+#: The keys a batch line may have: MashupRequest's fields.
+REQUEST_FIELDS = tuple(field.name for field in attrs.fields(MashupRequest))
+
+
 def read_batch_file(path: str) -> list[MashupRequest]:
-    """Requests from a JSON-lines file; blank lines and ``#`` comments are skipped."""
-    requests = []
+    """Requests from a JSON-lines file; blank lines and ``#`` comments are skipped.
+
+    Every line is checked before anything is submitted, and every bad line is reported
+    (``BatchFileError`` with one detail per problem, ``line N: ...``).
+    """
     try:
         with open(path, encoding="utf-8") as fh:
             lines = list(fh)
@@ -70,23 +78,50 @@ def read_batch_file(path: str) -> list[MashupRequest]:
         raise BatchFileError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise BatchFileError(f"{path}: {exc.strerror or exc}") from None
+    requests: list[MashupRequest] = []
+    problems: list[str] = []
+    bad_lines = 0
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        try:
-            fields = json.loads(line)
-            if not isinstance(fields, dict):
-                raise TypeError("not a JSON object")
-            urls = fields.pop("upload_urls")
-            requests.append(MashupRequest(urls, **fields))
-        except RequestValidationError as exc:
-            lines_ = tuple(problem_lines(exc))
-            raise BatchFileError(f"{path}:{number}: invalid request:", lines_) from None
-        except KeyError as exc:
-            raise BatchFileError(f"{path}:{number}: {exc.args[0]} is required") from None
-        except (ValueError, TypeError) as exc:
-            raise BatchFileError(f"{path}:{number}: {type(exc).__name__}: {exc}") from None
+        found = _line_problems(line, requests)
+        if found:
+            bad_lines += 1
+            problems.extend(f"line {number}: {problem}" for problem in found)
+    if problems:
+        raise BatchFileError(
+            f"{path}: {bad_lines} bad line(s), nothing was submitted:", tuple(problems)
+        )
     return requests
+
+
+def _line_problems(line: str, requests: list[MashupRequest]) -> list[str]:
+    """What is wrong with one batch line (none: its request is appended to ``requests``)."""
+    try:
+        fields = json.loads(line)
+    except ValueError as exc:
+        return [f"not valid JSON ({exc})"]
+    if not isinstance(fields, dict):
+        return ['not a JSON object (one request per line: {"upload_urls": [...], ...})']
+    unknown = sorted(key for key in fields if key not in REQUEST_FIELDS)
+    if unknown:
+        return [_unknown_field(key) for key in unknown]
+    if "upload_urls" not in fields:
+        return ["upload_urls is required"]
+    urls = fields.pop("upload_urls")
+    try:
+        requests.append(MashupRequest(urls, **fields))
+    except RequestValidationError as exc:
+        return problem_lines(exc)
+    except (ValueError, TypeError) as exc:  # a value of the wrong kind the checks missed
+        return [str(exc)]
+    return []
+
+
+def _unknown_field(key: object) -> str:
+    close = difflib.get_close_matches(str(key), REQUEST_FIELDS, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown field {key!r}{hint} (fields: {', '.join(REQUEST_FIELDS)})"
 
 
 def _outcome(item: BatchItem) -> tuple[str, str]:
