@@ -153,7 +153,8 @@ async def test_batch_rejects_a_bad_line(fake_server: FakeKieServer, tmp_path: Pa
     batch = write_batch(tmp_path, [{"upload_urls": [URL_B, URL_B], "custom_mode": True}])
     code, _, err = await run_cli(fake_server, "batch", str(batch))
     assert code == EXIT_USAGE
-    assert "pairs.jsonl:3" in err
+    assert "pairs.jsonl: 1 bad line(s), nothing was submitted:" in err
+    assert "  line 3: " in err
     assert fake_server.count("submit") == 0
 
 
