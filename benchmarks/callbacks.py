@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from benchmarks._common import UNCAPPED, Figure, percentile
+from benchmarks._common import CREATIONS_UNLIMITED, Figure, percentile
 from benchmarks._server import API_KEY, ServerProcess
 from kiemashup import (
     CallbackReceiver,
@@ -412,7 +412,7 @@ async def _polls_with_callbacks(url: str, n: int) -> float:
         base_url=url,
         callback_url="https://e.com/cb",
         poll_policy=policy,
-        rate_limits=UNCAPPED,
+        rate_limits=CREATIONS_UNLIMITED,
     ) as client:
         handles = [await client.submit(request) for _ in range(n)]
         before = client.requests_sent

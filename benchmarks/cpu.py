@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from benchmarks._common import UNCAPPED, Figure
+from benchmarks._common import CREATIONS_UNLIMITED, Figure
 from benchmarks._server import API_KEY, ServerProcess
 from kiemashup import MashupClient, MashupRequest
 
@@ -71,7 +71,7 @@ def _figure(name: str, sdk: float, raw: float, ratio: float, gate: float, what: 
 async def _run(url: str, task_ids: list[str], n: int, rounds: int) -> list[Figure]:
     async with (
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as session,
-        MashupClient(API_KEY, base_url=url, rate_limits=UNCAPPED) as client,
+        MashupClient(API_KEY, base_url=url, rate_limits=CREATIONS_UNLIMITED) as client,
     ):
         record_info = url + "/api/v1/generate/record-info"
         submit_url = url + "/api/v1/generate/mashup"

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kiemashup._backend import ClientBackend
 from kiemashup._batch import RECOVER_WAIT, Batch, OnProgress, SharedJournal, run_batch
@@ -36,6 +36,7 @@ from kiemashup._core.protocol import (
     parse_credits,
     parse_record_info,
     record_info_callback_url,
+    record_info_query,
 )
 from kiemashup._core.request import MashupRequest
 from kiemashup._core.state import final_claim, make_snapshot
@@ -282,18 +283,19 @@ class MashupClient:
 
     async def _get_snapshot(self, task_id: str, state: TaskState | None) -> TaskSnapshot:
         """One record-info poll (retried); with ``state``, inside the task's per-task limit."""
-        url = self._record_info_url
-        params = {"taskId": task_id}
+        url = self._record_info_url + record_info_query(task_id)
         call = self._transport.call
-        if state is None:
+
+        def attempt() -> Awaitable[Any]:
+            if state is None:
+                return call("GET", url)
+            return self._scheduler.paced(state, lambda: call("GET", url))
+
+        try:  # the first attempt outside the retry loop: most polls succeed (hot path)
+            data = await attempt()
+        except Exception as exc:
             data = await self._transport.retrying(
-                lambda: call("GET", url, params=params), what="GET record-info"
-            )
-        else:
-            paced = self._scheduler.paced
-            data = await self._transport.retrying(
-                lambda: paced(state, lambda: call("GET", url, params=params)),
-                what="GET record-info",
+                attempt, what="GET record-info", first_failure=exc
             )
         return parse_record_info(data, task_id=task_id)
 

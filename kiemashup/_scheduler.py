@@ -49,6 +49,7 @@ from kiemashup._core.timing import (
     poll_interval,
     typical_gap,
 )
+from kiemashup._gate import Gate
 from kiemashup._handle import TaskState
 
 log = logging.getLogger("kiemashup.scheduler")
@@ -119,7 +120,7 @@ class PollScheduler:
         self._heap: list[tuple[float, int, TaskState]] = []
         self._urgent: list[tuple[float, int, TaskState]] = []  # confirming polls
         self._seq = itertools.count()
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._slots = Gate(max_in_flight)
         self._runner: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
         self._polls: set[asyncio.Task[None]] = set()
@@ -369,7 +370,7 @@ class PollScheduler:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while not self.closed:
-            await self._slots.acquire()
+            await self._slots.enter()
             state: TaskState | None = None
             try:
                 while state is None and not self.closed:
@@ -380,7 +381,7 @@ class PollScheduler:
                         await self._sleep_until(found)
             finally:
                 if state is None:
-                    self._slots.release()
+                    self._slots.leave()
             if state is None:
                 return
             cast(_Plan, state.plan).in_flight = True
@@ -417,7 +418,7 @@ class PollScheduler:
             if state.offer(snapshot) and probing and snapshot.stage > known:
                 self._overdue(state, plan)
         finally:
-            self._slots.release()
+            self._slots.leave()
             plan.in_flight = False
         latest = state.latest
         wanted = plan.watchers > 0 or plan.confirm

@@ -43,6 +43,7 @@ from kiemashup._core.protocol import (
     submit_may_retry,
 )
 from kiemashup._core.timing import CreationWindow, RequestBudget, retry_delay
+from kiemashup._gate import Gate
 
 log = logging.getLogger("kiemashup.transport")
 USER_AGENT = "kiemashup/0.1 (+https://pypi.org/project/kiemashup)"
@@ -204,13 +205,18 @@ class Transport:
         self._owns_session = session is None
         self._limits = limits
         self._retry = retry
+        # An API reply is small: it arrives in one read, so ``read`` bounds the whole
+        # exchange, as one timer. aiohttp's per-read timer (sock_read) is re-armed on every
+        # chunk received; on the poll path it cost 15 % of the client's CPU per poll
+        # (docs/performance.md). sock_connect, unlike connect, arms no timer for a pooled
+        # connection.
         self._timeout = aiohttp.ClientTimeout(
-            total=timeouts.total, connect=timeouts.connect, sock_read=timeouts.read
+            total=min(timeouts.total, timeouts.read), sock_connect=timeouts.connect
         )
         # Uploads and downloads of big files can be long: bound connect and each read
         # (a stall), not the whole transfer.
         self._long_timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeouts.connect, sock_read=timeouts.read
+            total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
         # Built once: requests are hot, and the key never needs formatting again.
         self._auth_headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
@@ -219,7 +225,7 @@ class Transport:
         self._rand = rand
         self._wall_clock = wall_clock
         self._clock = clock  # monotonic: the request budget and the creation window
-        self._in_flight = asyncio.Semaphore(limits.max_in_flight)
+        self._in_flight = Gate(limits.max_in_flight)
         # The total request rate adapts to Kie's push-back (429/455 on API reads);
         # requests_per_second, when set, is a fixed ceiling.
         self.budget = RequestBudget(limits.requests_per_second)
@@ -262,11 +268,16 @@ class Transport:
     def _turn_now(self) -> bool:
         """Take a slot of the request budget if one is free now (no coroutine: hot path).
 
-        With a shared budget the turn is always taken in ``_wait_turn`` (it may pause).
+        While the budget limits nothing (no push-back from Kie, no fixed cap, no pause)
+        there is no slot to book: nothing is recorded. With a shared budget the turn is
+        always taken in ``_wait_turn`` (it may pause).
         """
         if self._shared_budget is not None:
             return False
-        return self.budget.reserve(self._clock(), horizon=0.0) <= 0
+        budget = self.budget
+        if budget.rate is None:
+            return self._clock() >= budget.paused_until
+        return budget.reserve(self._clock(), horizon=0.0) <= 0
 
     async def _wait_turn(self) -> None:
         """The client's request budget: wait for this request's slot."""
@@ -306,7 +317,10 @@ class Transport:
         session = self.session
         if not self._turn_now():
             await self._wait_turn()
-        async with self._in_flight:
+        in_flight = self._in_flight
+        if not in_flight.try_enter():
+            await in_flight.enter()
+        try:
             if before_leaving is not None:
                 await before_leaving()
             self.requests_sent += 1
@@ -324,6 +338,8 @@ class Transport:
                     return resp.status, resp.headers.get("Retry-After"), body
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise translate(exc, f"{method} {url.split('?')[0]}") from exc
+        finally:
+            in_flight.leave()
 
     @contextlib.asynccontextmanager
     async def stream(self, url: str) -> AsyncIterator[Stream]:
@@ -332,15 +348,17 @@ class Transport:
         what = f"GET {url.split('?')[0]}"
         if not self._turn_now():
             await self._wait_turn()
-        async with self._in_flight:
+        await self._in_flight.enter()
+        try:
             self.requests_sent += 1
-            try:
-                async with session.get(
-                    url, headers=self._anon_headers, timeout=self._long_timeout
-                ) as resp:
-                    yield Stream(resp, what)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise translate(exc, what) from exc
+            async with session.get(
+                url, headers=self._anon_headers, timeout=self._long_timeout
+            ) as resp:
+                yield Stream(resp, what)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise translate(exc, what) from exc
+        finally:
+            self._in_flight.leave()
 
     async def call(
         self, method: str, url: str, *, params: Mapping[str, str] | None = None, json: Any = None
@@ -353,8 +371,10 @@ class Transport:
         clock = self._clock
         sent_at = clock()
         status, retry_after, body = await self.send(method, url, params=params, json=json)
+        # The wall clock only matters for a Retry-After date.
+        now = self._wall_clock() if retry_after is not None else 0.0
         try:
-            data = parse_envelope(status, body, retry_after=retry_after, now=self._wall_clock())
+            data = parse_envelope(status, body, retry_after=retry_after, now=now)
         except RateLimitError as exc:
             wait = exc.retry_after
             if wait is not None:
@@ -384,27 +404,34 @@ class Transport:
         attempts: int | None = None,
         min_delay: float = 0.0,
         what: str = "request",
+        first_failure: Exception | None = None,
     ) -> T:
         """``op()`` retried while ``retryable`` allows, with the client's backoff; the last raised.
 
         The one retry loop for every request: polls, credits, uploads, downloads (with
-        exception types) and submits (with ``submit_may_retry``).
+        exception types) and submits (with ``submit_may_retry``). ``first_failure`` is
+        what a first attempt made outside the loop raised (the poll path tries once
+        without it: most polls succeed), counted as attempt 1.
         """
         may_retry: Callable[[Exception], bool] = (
             retryable if callable(retryable) else lambda exc: isinstance(exc, retryable)
         )
         limit = attempts or self._retry.attempts
         attempt = 1
+        failure = first_failure
         while True:
-            try:
-                return await op()
-            except Exception as exc:
-                if attempt >= limit or not may_retry(exc):
-                    raise
-                delay = max(min_delay, retry_delay(exc, attempt, self._retry, self._rand()))
-                log.debug("%s failed (%s); retry %d in %.2fs", what, exc, attempt, delay)
-                await self._sleep(delay)
-                attempt += 1
+            if failure is None:
+                try:
+                    return await op()
+                except Exception as exc:
+                    failure = exc
+            if attempt >= limit or not may_retry(failure):
+                raise failure
+            delay = max(min_delay, retry_delay(failure, attempt, self._retry, self._rand()))
+            log.debug("%s failed (%s); retry %d in %.2fs", what, failure, attempt, delay)
+            failure = None
+            await self._sleep(delay)
+            attempt += 1
 
     async def pace_submit(self) -> object:
         """Wait for a place in Kie's creation limit and take it (first come, first served).

@@ -106,13 +106,11 @@ class TaskSnapshot:
     failed: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        # Imported here, not at the top: the table module imports this one.
-        from kiemashup._core.state import classify, coerce_status
-
-        status = coerce_status(self.status)
-        if self.source == "callback":  # rule 6: a callback's URLs are never shown
+        status = _state.coerce_status(self.status)
+        confirmed = self.source != "callback"
+        if not confirmed:  # rule 6: a callback's URLs are never shown
             object.__setattr__(self, "tracks", ())
-        stage, terminal, failed = classify(status, self.tracks, confirmed=self.confirmed)
+        stage, terminal, failed = _state.classify(status, self.tracks, confirmed=confirmed)
         object.__setattr__(self, "status", status)
         object.__setattr__(self, "stage", stage)
         object.__setattr__(self, "is_terminal", terminal)
@@ -127,3 +125,7 @@ class TaskSnapshot:
     def playable_tracks(self) -> tuple[Track, ...]:
         """The tracks that already have audio."""
         return tuple(t for t in self.tracks if t.playable)
+
+
+# Last, not at the top: the stage table's module imports this one's classes.
+from kiemashup._core import state as _state  # noqa: E402

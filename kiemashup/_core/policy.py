@@ -103,7 +103,14 @@ class RateLimits:
 
 @attrs.frozen
 class Timeouts:
-    """Per-request timeouts in seconds (a wait's deadline comes from the caller)."""
+    """Per-request timeouts in seconds (a wait's deadline comes from the caller).
+
+    ``connect``: opening a connection. ``read``: the longest wait for data; an API
+    reply is small and comes in one read, so an API call (submit, poll, credits) must
+    be answered within ``read``, while an upload or download may run for as long as
+    data keeps coming, each read within ``read``. ``total``: the most any API call
+    may take (the smaller of ``read`` and ``total`` bounds it); transfers have none.
+    """
 
     connect: float = attrs.field(default=10.0, validator=_positive)
     read: float = attrs.field(default=30.0, validator=_positive)

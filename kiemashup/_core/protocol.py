@@ -12,6 +12,7 @@ import math
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 from kiemashup._core.errors import (
     APIError,
@@ -27,11 +28,18 @@ from kiemashup._core.errors import (
 )
 from kiemashup._core.models import TaskSnapshot
 from kiemashup._core.request import is_http_url
-from kiemashup._core.state import make_snapshot
 from kiemashup._core.wire import structure_tracks
 
 SUBMIT_PATH = "/api/v1/generate/mashup"
 RECORD_INFO_PATH = "/api/v1/generate/record-info"
+
+
+def record_info_query(task_id: str) -> str:
+    """record-info's query string for one task, percent-encoded here (cheaper per poll
+    than handing aiohttp a ``params`` mapping to encode)."""
+    return "?taskId=" + quote(task_id, safe="")
+
+
 CREDITS_PATH = "/api/v1/chat/credit"
 # The File Upload API lives on its own host (KIE-API.md §5.2); files are deleted after 3 days.
 STREAM_UPLOAD_PATH = "/api/file-stream-upload"
@@ -93,16 +101,16 @@ def parse_envelope(
     Kie answers logical errors with HTTP 200 and a body code, and real errors with an
     HTTP status and maybe no JSON at all: fail on either, and map the body code first.
     """
-    wait = parse_retry_after(retry_after, now)
     try:
         decoded = json.loads(body) if body else None
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         decoded = None
     envelope: dict[str, Any] = decoded if isinstance(decoded, dict) else {}
     code = envelope.get("code")
+    if type(code) is int and code == 200 and http_status < 400:  # success first: the hot path
+        return envelope.get("data")
+    wait = parse_retry_after(retry_after, now)
     if isinstance(code, int) and not isinstance(code, bool):
-        if code == 200 and http_status < 400:
-            return envelope.get("data")
         msg = envelope.get("msg")
         message = msg if isinstance(msg, str) else ""
         if code == 200:  # an HTTP error wrapped around a success code: trust the HTTP status
@@ -188,12 +196,12 @@ def parse_record_info(data: Any, *, task_id: str | None = None) -> TaskSnapshot:
         status = "PENDING"  # absent status: nothing is known yet
     response = data.get("response")
     raw_tracks = response.get("sunoData") if isinstance(response, dict) else None
-    return make_snapshot(
+    return TaskSnapshot(
         tid,
         status,
         structure_tracks(raw_tracks),
-        error_code=optional_int(data.get("errorCode")),
-        error_message=optional_str(data.get("errorMessage")),
+        optional_int(data.get("errorCode")),
+        optional_str(data.get("errorMessage")),
     )
 
 

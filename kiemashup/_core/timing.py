@@ -111,6 +111,9 @@ class RequestBudget:
     seconds without a push-back lift the adaptive cap altogether. A fixed ``cap`` is
     the caller's choice: it is never exceeded and never adapted (each 429 is left to
     its request's retry).
+
+    ``rate`` is None while nothing limits the client; ``paused_until`` is the clock
+    time before which no request may leave (a push-back's Retry-After).
     """
 
     __slots__ = (
@@ -119,13 +122,13 @@ class RequestBudget:
         "_cut_at",
         "_grown_at",
         "_last",
-        "_paused_until",
         "_pushed",
         "_sends",
         "cap",
         "cuts",
         "floor",
         "min_push_backs",
+        "paused_until",
         "rate",
         "recover",
         "settle",
@@ -154,7 +157,7 @@ class RequestBudget:
         self.min_push_backs = min_push_backs
         self.cuts = 0
         self._last = float("-inf")
-        self._paused_until = float("-inf")
+        self.paused_until = float("-inf")
         self._cut_at = float("-inf")
         self._grown_at = float("-inf")
         self._ceiling = math.inf  # what the server accepted when it last pushed back
@@ -169,7 +172,7 @@ class RequestBudget:
         later): a rate that grows back must speed up requests already waiting, which a
         slot booked far ahead at the low rate would not be.
         """
-        start = now if now >= self._paused_until else self._paused_until
+        start = now if now >= self.paused_until else self.paused_until
         rate = self.rate
         if rate is None:
             return start - now
@@ -194,8 +197,11 @@ class RequestBudget:
 
     def accepted(self, now: float) -> None:
         """A reply that was not a push-back (any other status counts)."""
-        self._accepted.append(now)
-        self._recent(self._accepted, now)
+        log = self._accepted  # trimmed inline (``_recent``): this runs for every reply
+        log.append(now)
+        horizon = now - self.window
+        while log[0] < horizon:
+            log.popleft()
         rate = self.rate
         if rate is None or rate == self.cap or now - self._cut_at < self.settle:
             return
@@ -221,7 +227,7 @@ class RequestBudget:
         if sent_at < self._cut_at + self.settle:
             return False  # sent before the last cut could take effect: already counted
         if retry_after is not None and retry_after > 0:
-            self._paused_until = max(self._paused_until, now + retry_after)
+            self.paused_until = max(self.paused_until, now + retry_after)
         self._ceiling = accepted
         target = 0.9 * accepted
         if self.rate is not None:

@@ -87,36 +87,37 @@ for _name in _TRACK_FIELDS:
     _FIELD_OF_KEY[_name] = _name
     _FIELD_OF_KEY[camel(_name)] = _name
 _USUAL_KEYS = frozenset(_FIELD_OF_KEY)
+_NONE = type(None)
 
 
 def _usual_track(raw: Mapping[Any, Any]) -> Track | None:
-    """The track the converter would build, or None when ``raw`` is not in the usual shape."""
-    if not raw.keys() <= _USUAL_KEYS:  # a set test in C; unusual spellings take the converter
+    """The track the converter would build, or None when ``raw`` is not in the usual shape.
+
+    Usual: known keys (either casing), every value a string or null, except a float
+    ``duration`` (an int may overflow, a numeric string needs the converter). The
+    checks are counts done in C: this runs for every track of every poll.
+    """
+    if not raw.keys() <= _USUAL_KEYS:  # unusual spellings take the converter
         return None
-    fields: dict[str, Any] = {}
-    for key, value in raw.items():
-        kind = type(value)
-        if kind is str:
-            if value:  # "" means missing
-                fields[_FIELD_OF_KEY[key]] = value
-        elif value is None:
-            continue
-        elif kind is float and key == "duration":  # an int may overflow: the converter
-            fields["duration"] = value
-        else:
-            return None
-    if type(fields.get("duration", 0.0)) is str:
-        return None  # a numeric string: the converter decides
-    return Track(**fields)
+    duration = type(raw.get("duration"))
+    if duration is not float and duration is not _NONE:
+        return None
+    kinds = list(map(type, raw.values()))
+    if kinds.count(str) + kinds.count(_NONE) + (duration is float) != len(kinds):
+        return None
+    # "" and null mean missing; of both spellings of one field, the last with a value wins.
+    return Track(**{_FIELD_OF_KEY[k]: v for k, v in raw.items() if v is not None and v != ""})
 
 
 def structure_track(raw: object) -> Track:
     """One track from a record-info ``sunoData`` item or a callback ``data.data`` item."""
     if not isinstance(raw, Mapping):
         raise ProtocolError(f"track entry is not an object: {type(raw).__name__}")
-    usual = _usual_track(raw)
-    if usual is not None:
-        return usual
+    return _usual_track(raw) or _converted_track(raw)
+
+
+def _converted_track(raw: Mapping[Any, Any]) -> Track:
+    """A track in any shape the converter accepts, else ``ProtocolError``."""
     normalised: dict[str, Any] = {}
     for key, value in raw.items():
         if isinstance(key, str):
@@ -136,7 +137,13 @@ def structure_tracks(raw: object) -> tuple[Track, ...]:
         return ()
     if not isinstance(raw, list):
         raise ProtocolError(f"track list is not a list: {type(raw).__name__}")
-    return tuple(structure_track(item) for item in raw)
+    # JSON objects are dicts: the usual track is built without a Mapping check (hot path).
+    return tuple(
+        [
+            (_usual_track(item) if type(item) is dict else None) or structure_track(item)
+            for item in raw
+        ]
+    )
 
 
 _PLAIN = (str, bool, int, float)
