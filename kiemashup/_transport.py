@@ -49,6 +49,8 @@ log = logging.getLogger("kiemashup.transport")
 USER_AGENT = "kiemashup/0.1 (+https://pypi.org/project/kiemashup)"
 
 Sleep = Callable[[float], Awaitable[None]]
+#: What a submit's reply says of its creation: (refused with a 429, that 429's Retry-After).
+Verdict = tuple[bool, float | None]
 T = TypeVar("T")
 
 
@@ -455,18 +457,9 @@ class Transport:
             self._creations.opened()
             return None
 
-    def _creation_closed(
-        self, reply: tuple[int, str | None, bytes] | None, place: object = None
-    ) -> None:
+    def _creation_closed(self, reply: Verdict | None, place: object = None) -> None:
         """A submit ended (``reply`` None: no reply); a 429 holds the next ones back."""
-        rejected, wait = False, None
-        if reply is not None:
-            try:
-                parse_envelope(reply[0], reply[2], retry_after=reply[1], now=self._wall_clock())
-            except RateLimitError as exc:
-                rejected, wait = True, exc.retry_after
-            except KieError:
-                pass
+        rejected, wait = reply if reply is not None else (False, None)
         if self._shared_creations is not None:
             self._shared_creations.closed(place, rejected=rejected, retry_after=wait)
             return
@@ -507,7 +500,7 @@ class Transport:
         async def attempt() -> str:
             place = await self.pace_submit()
             left = False
-            got: list[tuple[int, str | None, bytes]] = []  # the reply, once it came
+            got: list[Verdict] = []  # what the reply said of the creation, once it came
 
             async def leave() -> None:
                 nonlocal left
@@ -539,17 +532,24 @@ class Transport:
         key: str | None,
         leave: Callable[[], Awaitable[None]],
         left: Callable[[], bool],
-        got: list[tuple[int, str | None, bytes]],
+        got: list[Verdict],
     ) -> str:
         """One submit exchange: the task id, a not-created error, or ``SubmitOutcomeUnknown``.
 
         An error before the request left (``left()`` still False) is raised as is.
         """
         try:
-            reply = await self.send("POST", url, json=payload, before_leaving=leave)
-            got.append(reply)
-            status, retry_after, body = reply
-            data = parse_envelope(status, body, retry_after=retry_after, now=self._wall_clock())
+            status, retry_after, body = await self.send(
+                "POST", url, json=payload, before_leaving=leave
+            )
+            verdict: Verdict = (False, None)
+            try:
+                data = parse_envelope(status, body, retry_after=retry_after, now=self._wall_clock())
+            except RateLimitError as exc:
+                verdict = (True, exc.retry_after)
+                raise
+            finally:
+                got.append(verdict)  # read once this exchange is done (_creation_closed)
             return parse_submit(data)
         except Exception as exc:
             if not left() or certainly_not_created(exc):

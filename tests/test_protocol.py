@@ -385,3 +385,17 @@ def test_outage_interval_grows_with_failures() -> None:
     policy = PollPolicy(initial=2.0, outage_maximum=30.0)
     assert [outage_interval(n, policy, 1.0) for n in range(5)] == [2.0, 4.0, 8.0, 16.0, 30.0]
     assert outage_interval(3, policy, 0.0) == 8.0  # rand 0 halves it
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40))
+@settings(max_examples=300)
+def test_record_info_query_round_trips_any_task_id(task_id: str) -> None:
+    """The query built for a poll decodes to exactly the task id (Kie's hex ids as they are)."""
+    from urllib.parse import parse_qs
+
+    from kiemashup._core.protocol import record_info_query
+
+    query = record_info_query(task_id)
+    assert query.startswith("?taskId=")
+    assert parse_qs(query[1:], keep_blank_values=True, strict_parsing=True) == {"taskId": [task_id]}
+    assert record_info_query("8a1c0f3e9b7d4a2c") == "?taskId=8a1c0f3e9b7d4a2c"
