@@ -233,7 +233,7 @@ class Transport:
         self.budget = RequestBudget(limits.requests_per_second)
         # Kie's creation limit, counted by arrival with a margin (see CreationWindow).
         self._creations = CreationWindow(limits.submits_per_window, limits.submit_window)
-        self._creation_lock = asyncio.Lock()  # submits take their places first come, first served
+        self._creation_line = Gate(1)  # submits take their places first come, first served
         self._creation_news = asyncio.Event()
         # A backend (kiemashup.redis) shares the window and push-back with other processes.
         self._shared_creations = shared_creations
@@ -442,7 +442,10 @@ class Transport:
         ``_creation_closed`` (the POST left) or ``_creation_abandoned`` (it never did).
         With a backend, the place is in the window every process of the account shares.
         """
-        async with self._creation_lock:
+        line = self._creation_line
+        if not line.try_enter():
+            await line.enter()
+        try:
             if self._shared_creations is not None:
                 return await self._shared_creations.take()
             while True:
@@ -456,6 +459,8 @@ class Transport:
                     await self._sleep(wait)
             self._creations.opened()
             return None
+        finally:
+            line.leave()
 
     def _creation_closed(self, reply: Verdict | None, place: object = None) -> None:
         """A submit ended (``reply`` None: no reply); a 429 holds the next ones back."""
@@ -522,7 +527,12 @@ class Transport:
                 on_sent(exchange)
             return await finish_exchange(exchange, report, lambda: left)
 
-        return await self.retrying(attempt, submit_may_retry, what=f"POST {path}")
+        try:  # the first attempt outside the retry loop: most submits succeed (hot path)
+            return await attempt()
+        except Exception as exc:
+            return await self.retrying(
+                attempt, submit_may_retry, what=f"POST {path}", first_failure=exc
+            )
 
     async def _submit_once(
         self,

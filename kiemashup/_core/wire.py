@@ -146,7 +146,7 @@ def structure_tracks(raw: object) -> tuple[Track, ...]:
     )
 
 
-_PLAIN = (str, bool, int, float)
+_PLAIN = frozenset((str, bool, int, float))
 _field_names: dict[type, tuple[tuple[str, str], ...]] = {}
 
 
@@ -161,11 +161,14 @@ def unstructure_request(request: attrs.AttrsInstance) -> dict[str, Any]:
         value = getattr(request, name)
         if value is None:
             continue
-        if isinstance(value, enum.Enum):  # cattrs passes str enums through as enums
+        kind = type(value)  # exact types first: this runs for every field of every submit
+        if kind in _PLAIN:
+            pass
+        elif isinstance(value, enum.Enum):  # cattrs passes str enums through as enums
             value = value.value
-        elif isinstance(value, tuple):
-            value = [CONVERTER.unstructure(v) for v in value]
-        elif not isinstance(value, _PLAIN):
+        elif kind is tuple:
+            value = [v if type(v) in _PLAIN else CONVERTER.unstructure(v) for v in value]
+        else:
             value = CONVERTER.unstructure(value)
         body[key] = value
     return body
