@@ -7,7 +7,6 @@ import logging
 import os
 import random
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -40,7 +39,7 @@ from kiemashup._core.protocol import (
 )
 from kiemashup._core.request import MashupRequest
 from kiemashup._core.state import final_claim, make_snapshot
-from kiemashup._handle import Hooks, TaskHandle, TaskState
+from kiemashup._handle import Hooks, LiveStates, TaskHandle, TaskState
 from kiemashup._receiver import MAX_BODY, CallbackReceiver, usable_hmac_key
 from kiemashup._scheduler import PollScheduler
 from kiemashup._transfer import FileTransfer, Progress, UploadSource
@@ -178,7 +177,7 @@ class MashupClient:
         )
         self._hooks = Hooks(fetch=self._fetch, watch=self._watch, unwatch=self._scheduler.unwatch)
         self._record_info_url = self.base_url + RECORD_INFO_PATH
-        self._states: weakref.WeakValueDictionary[str, TaskState] = weakref.WeakValueDictionary()
+        self._states = LiveStates()
         self._closed = False
         # Callbacks for tasks we do not know yet (one can beat submit()'s reply),
         # bounded in count and in bytes.

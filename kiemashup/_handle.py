@@ -9,6 +9,7 @@ waits; it starts no task of its own, so cancelling it leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import attrs
@@ -16,6 +17,44 @@ import attrs
 from kiemashup._core.errors import TaskFailedError
 from kiemashup._core.models import Stage, TaskSnapshot
 from kiemashup._core.state import advance, reached, trusted_stage
+
+
+class LiveStates:
+    """Task id -> its ``TaskState``, held weakly: a state lives while a handle, a wait or a
+    poll holds it, then drops out by itself.
+
+    A ``weakref.WeakValueDictionary`` without the ``KeyError`` its ``get`` raises and
+    catches for an id it does not hold, which is the common case on the hot paths
+    (``get_task`` of a task nobody waits for, a callback that arrives early).
+    """
+
+    __slots__ = ("__weakref__", "_gone", "_refs")
+
+    def __init__(self) -> None:
+        refs: dict[str, weakref.KeyedRef[str, TaskState]] = {}
+
+        def gone(
+            ref: weakref.KeyedRef[str, TaskState],
+        ) -> None:  # no reference to self: nothing kept alive
+            if refs.get(ref.key) is ref:
+                del refs[ref.key]
+
+        self._refs = refs
+        self._gone = gone
+
+    def get(self, task_id: str) -> TaskState | None:
+        ref = self._refs.get(task_id)
+        return None if ref is None else ref()
+
+    def __setitem__(self, task_id: str, state: TaskState) -> None:
+        self._refs[task_id] = weakref.KeyedRef(state, self._gone, task_id)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def values(self) -> list[TaskState]:
+        """The states alive now (a list: safe while states die)."""
+        return [state for ref in list(self._refs.values()) if (state := ref()) is not None]
 
 
 class TaskState:
