@@ -99,6 +99,9 @@ def api_error(
     return APIError(code, message, http_status=http_status)
 
 
+_DECODER = json.JSONDecoder()
+
+
 def _json_or_none(body: bytes) -> Any:
     """The JSON value of a reply body, or None when it is not JSON.
 
@@ -109,7 +112,7 @@ def _json_or_none(body: bytes) -> Any:
     if not body:
         return None
     try:
-        return json.loads(body.decode())
+        return _DECODER.decode(body.decode())
     except (ValueError, RecursionError):  # ValueError covers UnicodeDecodeError
         pass
     try:
