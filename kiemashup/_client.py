@@ -32,6 +32,7 @@ from kiemashup._core.protocol import (
     RECORD_INFO_PATH,
     SUBMIT_PATH,
     callback_url_key,
+    check_task_id,
     parse_credits,
     parse_record_info,
     record_info_callback_url,
@@ -290,11 +291,14 @@ class MashupClient:
                 return call("GET", url)
             return self._scheduler.paced(state, lambda: call("GET", url))
 
+        failure: Exception | None = None
         try:  # the first attempt outside the retry loop: most polls succeed (hot path)
             data = await attempt()
         except Exception as exc:
+            failure = exc
+        if failure is not None:  # retried outside the handler: no chained tracebacks
             data = await self._transport.retrying(
-                attempt, what="GET record-info", first_failure=exc
+                attempt, what="GET record-info", first_failure=failure
             )
         return parse_record_info(data, task_id=task_id)
 
@@ -470,18 +474,16 @@ class MashupClient:
     def task(self, task_id: str) -> TaskHandle:
         """A handle for an existing task (no I/O); handles for one id share their state."""
         self._check_open()
-        if not isinstance(task_id, str) or not task_id:
-            raise ValueError("task_id must be a non-empty string")
-        state = self._state(task_id)
+        state = self._state(check_task_id(task_id))
         self._drain_early(state)
         return TaskHandle(state, self._hooks)
 
     async def get_task(self, task_id: str) -> TaskSnapshot:
         """One record-info call: the task's snapshot now."""
         self._check_open()
-        if not isinstance(task_id, str) or not task_id:
-            raise ValueError("task_id must be a non-empty string")
-        state = self._states.get(task_id)  # a live task's polls share its per-task limit
+        state = self._states.get(
+            check_task_id(task_id)
+        )  # a live task's polls share its per-task limit
         snapshot = await self._get_snapshot(task_id, state)
         if state is not None:
             state.offer(snapshot)

@@ -28,32 +28,41 @@ class LiveStates:
     (``get_task`` of a task nobody waits for, a callback that arrives early).
     """
 
-    __slots__ = ("__weakref__", "_gone", "_refs")
+    __slots__ = ("__weakref__", "_dead", "_gone", "_refs")
 
     def __init__(self) -> None:
-        refs: dict[str, weakref.KeyedRef[str, TaskState]] = {}
+        dead: list[str] = []
+        self._refs: dict[str, weakref.KeyedRef[str, TaskState]] = {}
+        self._dead = dead
+        # A state may die on any thread (a handle dropped by a web thread while the client
+        # runs on a background loop): its callback only notes the id (list.append is
+        # atomic) and holds no reference to the map; ``_purge`` removes the entry on the
+        # client's own thread, unless a newer, live state of that id has replaced it.
+        self._gone = lambda ref: dead.append(ref.key)
 
-        def gone(
-            ref: weakref.KeyedRef[str, TaskState],
-        ) -> None:  # no reference to self: nothing kept alive
-            if refs.get(ref.key) is ref:
-                del refs[ref.key]
-
-        self._refs = refs
-        self._gone = gone
+    def _purge(self) -> None:
+        refs, dead = self._refs, self._dead
+        while dead:
+            task_id = dead.pop()
+            ref = refs.get(task_id)
+            if ref is not None and ref() is None:
+                del refs[task_id]
 
     def get(self, task_id: str) -> TaskState | None:
         ref = self._refs.get(task_id)
         return None if ref is None else ref()
 
     def __setitem__(self, task_id: str, state: TaskState) -> None:
+        self._purge()
         self._refs[task_id] = weakref.KeyedRef(state, self._gone, task_id)
 
     def __len__(self) -> int:
+        self._purge()
         return len(self._refs)
 
     def values(self) -> list[TaskState]:
-        """The states alive now (a list: safe while states die)."""
+        """The states alive now."""
+        self._purge()
         return [state for ref in list(self._refs.values()) if (state := ref()) is not None]
 
 

@@ -210,15 +210,19 @@ class Transport:
         # An API reply is small: it arrives in one read, so ``read`` bounds the whole
         # exchange, as one timer. aiohttp's per-read timer (sock_read) is re-armed on every
         # chunk received; on the poll path it cost 15 % of the client's CPU per poll
-        # (docs/performance.md). sock_connect, unlike connect, arms no timer for a pooled
-        # connection.
+        # (docs/performance.md).
         self._timeout = aiohttp.ClientTimeout(
-            total=min(timeouts.total, timeouts.read), sock_connect=timeouts.connect
+            total=min(timeouts.total, timeouts.read),
+            connect=timeouts.connect,  # DNS, a pool wait and connecting (none for a pooled one)
+            sock_connect=timeouts.connect,
         )
         # Uploads and downloads of big files can be long: bound connect and each read
         # (a stall), not the whole transfer.
         self._long_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+            total=None,
+            connect=timeouts.connect,
+            sock_connect=timeouts.connect,
+            sock_read=timeouts.read,
         )
         # Built once: requests are hot, and the key never needs formatting again.
         self._auth_headers = {"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT}
@@ -530,9 +534,11 @@ class Transport:
         try:  # the first attempt outside the retry loop: most submits succeed (hot path)
             return await attempt()
         except Exception as exc:
-            return await self.retrying(
-                attempt, submit_may_retry, what=f"POST {path}", first_failure=exc
-            )
+            failure = exc
+        # Retried outside the handler: no chained tracebacks.
+        return await self.retrying(
+            attempt, submit_may_retry, what=f"POST {path}", first_failure=failure
+        )
 
     async def _submit_once(
         self,

@@ -45,3 +45,25 @@ def test_the_map_keeps_no_state_alive_and_dies_with_its_client() -> None:
     gc.collect()
     del state  # the callback of a dead map's reference must not fail
     gc.collect()
+
+
+def test_a_state_dying_on_another_thread_never_removes_a_newer_live_one() -> None:
+    """The weakref callback only notes the id; the entry goes on the owner's next use,
+    and only if it is still dead (a background-loop client, a handle dropped elsewhere)."""
+    import threading
+
+    states = LiveStates()
+    old = TaskState("a")
+    states["a"] = old
+    box = [old]
+    del old
+    dropper = threading.Thread(target=box.clear)  # the last reference dies on that thread
+    dropper.start()
+    dropper.join()
+    gc.collect()
+    assert states.get("a") is None
+    new = TaskState("a")
+    states["a"] = new  # purges the dead entry first, then keeps the new one
+    assert states.get("a") is new
+    assert states.values() == [new]
+    assert len(states) == 1

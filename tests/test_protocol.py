@@ -399,3 +399,13 @@ def test_record_info_query_round_trips_any_task_id(task_id: str) -> None:
     assert query.startswith("?taskId=")
     assert parse_qs(query[1:], keep_blank_values=True, strict_parsing=True) == {"taskId": [task_id]}
     assert record_info_query("8a1c0f3e9b7d4a2c") == "?taskId=8a1c0f3e9b7d4a2c"
+
+
+def test_a_task_id_that_cannot_be_sent_is_a_value_error() -> None:
+    """Empty, not a string, or holding bytes that are not UTF-8 (a lone surrogate)."""
+    from kiemashup._core.protocol import check_task_id
+
+    assert check_task_id("8a1c0f3e") == "8a1c0f3e"
+    for bad in ("", None, 12, "ab\udcffcd"):
+        with pytest.raises(ValueError, match="task_id must be"):
+            check_task_id(bad)

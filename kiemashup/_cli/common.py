@@ -156,6 +156,10 @@ def task_id(text: str) -> str:
     """An argparse type: a task id (non-empty; sent to Kie as it is)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # bytes from the shell that are not UTF-8
+        raise argparse.ArgumentTypeError("must be UTF-8 text") from None
     return text
 
 

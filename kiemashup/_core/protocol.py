@@ -38,6 +38,17 @@ RECORD_INFO_PATH = "/api/v1/generate/record-info"
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 
 
+def check_task_id(task_id: object) -> str:
+    """``task_id`` if it can be sent to Kie, else ``ValueError`` saying why."""
+    if not isinstance(task_id, str) or not task_id:
+        raise ValueError("task_id must be a non-empty string")
+    try:
+        task_id.encode()
+    except UnicodeEncodeError:  # a lone surrogate (bytes that were not UTF-8): unsendable
+        raise ValueError("task_id must be valid text (it holds bytes that are not UTF-8)") from None
+    return task_id
+
+
 def record_info_query(task_id: str) -> str:
     """record-info's query string for one task, percent-encoded here (cheaper per poll
     than handing aiohttp a ``params`` mapping to encode; Kie's ids need no escaping)."""
