@@ -42,6 +42,8 @@ def check_task_id(task_id: object) -> str:
     """``task_id`` if it can be sent to Kie, else ``ValueError`` saying why."""
     if not isinstance(task_id, str) or not task_id:
         raise ValueError("task_id must be a non-empty string")
+    if task_id.isascii():  # Kie's ids: nothing to check (and no bytes to make)
+        return task_id
     try:
         task_id.encode()
     except UnicodeEncodeError:  # a lone surrogate (bytes that were not UTF-8): unsendable
