@@ -558,3 +558,11 @@ def test_usual_track_fast_path_agrees_with_the_converter(raw: dict[str, Any]) ->
     fast = _usual_track(raw)
     if fast is not None:
         assert fast == _converter_track(raw)
+
+
+def test_the_usual_track_reads_duration_last() -> None:
+    """The fast path reads fields by position: duration, the one float, must stay last."""
+    from kiemashup._core.wire import _FIELD_NAMES
+
+    assert _FIELD_NAMES[-1] == "duration"
+    assert tuple(a.name for a in attrs.fields(Track)) == _FIELD_NAMES

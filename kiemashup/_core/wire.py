@@ -10,6 +10,7 @@ Outgoing request bodies are camelCase with Kie's own spellings (``callBackUrl``)
 from __future__ import annotations
 
 import enum
+import operator
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -78,35 +79,36 @@ CONVERTER = make_converter()
 _TRACK_FIELDS = frozenset(a.name for a in attrs.fields(Track))
 
 
-# Performance (docs/performance.md, "CPU per poll"): parsing tracks through cattrs was
-# the largest part of the SDK's CPU cost per poll. Tracks in Kie's usual shape (string
-# fields in either casing, a numeric duration) are built directly; anything else takes
-# the converter, which stays the one authority on leniency and errors.
-_FIELD_OF_KEY: dict[str, str] = {}
-for _name in _TRACK_FIELDS:
-    _FIELD_OF_KEY[_name] = _name
-    _FIELD_OF_KEY[camel(_name)] = _name
-_USUAL_KEYS = frozenset(_FIELD_OF_KEY)
+# Performance (docs/performance.md, "CPU per poll"): reading tracks is most of what a
+# typed poll costs over raw JSON. Tracks in record-info's usual shape (camelCase keys,
+# string fields, a float duration) are built directly, with checks done in C; anything
+# else takes the converter, which stays the one authority on leniency and errors.
+_FIELD_NAMES = tuple(a.name for a in attrs.fields(Track))
+_CAMEL_KEYS = tuple(camel(name) for name in _FIELD_NAMES)  # in field order
+_USUAL_KEYS = frozenset(_CAMEL_KEYS)
+_ABSENT = dict.fromkeys(_CAMEL_KEYS)
+_in_field_order = operator.itemgetter(*_CAMEL_KEYS)
 _NONE = type(None)
 
 
 def _usual_track(raw: Mapping[Any, Any]) -> Track | None:
     """The track the converter would build, or None when ``raw`` is not in the usual shape.
 
-    Usual: known keys (either casing), every value a string or null, except a float
-    ``duration`` (an int may overflow, a numeric string needs the converter). The
-    checks are counts done in C: this runs for every track of every poll.
+    Usual: known camelCase keys, every value a string or null, except a float
+    ``duration`` (an int may overflow, a numeric string needs the converter).
     """
-    if not raw.keys() <= _USUAL_KEYS:  # unusual spellings take the converter
+    if not raw.keys() <= _USUAL_KEYS:
         return None
-    duration = type(raw.get("duration"))
+    values = _in_field_order({**_ABSENT, **raw})
+    kinds = list(map(type, values))
+    duration = kinds[-1]  # the last field (a test keeps it there)
     if duration is not float and duration is not _NONE:
         return None
-    kinds = list(map(type, raw.values()))
     if kinds.count(str) + kinds.count(_NONE) + (duration is float) != len(kinds):
         return None
-    # "" and null mean missing; of both spellings of one field, the last with a value wins.
-    return Track(**{_FIELD_OF_KEY[k]: v for k, v in raw.items() if v is not None and v != ""})
+    if "" in values:  # "" means missing
+        return Track(*[None if v == "" else v for v in values])
+    return Track(*values)
 
 
 def structure_track(raw: object) -> Track:
@@ -122,7 +124,7 @@ def _converted_track(raw: Mapping[Any, Any]) -> Track:
     for key, value in raw.items():
         if isinstance(key, str):
             name = snake(key)
-            # Both spellings of one field: the last one with a value wins (as in the fast path).
+            # Both spellings of one field: the last one with a value wins.
             if name in _TRACK_FIELDS and (name not in normalised or value not in (None, "")):
                 normalised[name] = value
     try:
