@@ -31,12 +31,18 @@ class Figure:
     baseline: float | None = None
     ratio: float | None = None
     note: str = ""
-    gate: float | None = None  # quick mode fails when ratio > gate
+    gate: float | None = None  # quick mode fails when ratio > gate, unless the value is
+    floor: float | None = None  # at or under this floor (a few ms of latency is all noise)
+    ceiling: float | None = None  # or at or over this ceiling (a rate far above its target)
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def regressed(self) -> bool:
-        return self.gate is not None and self.ratio is not None and self.ratio > self.gate
+        if self.gate is None or self.ratio is None or self.ratio <= self.gate:
+            return False
+        if self.floor is not None and self.value <= self.floor:
+            return False
+        return self.ceiling is None or self.value < self.ceiling
 
 
 def percentile(values: list[float], q: float) -> float:
