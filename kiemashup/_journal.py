@@ -145,6 +145,19 @@ class Entry:
         return self.task_id is None and self.event in ("intent", "unknown")
 
 
+async def finish_first(write: asyncio.Future[Any]) -> None:
+    """Await a journal ``write``; a cancelled caller waits for it first, then is cancelled.
+
+    A record is never left half-decided by a cancellation (both journals use this).
+    """
+    try:
+        await asyncio.shield(write)
+    except asyncio.CancelledError:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.shield(write)
+        raise
+
+
 def read_record(raw: bytes | str) -> dict[str, Any]:
     """One journal record from its JSON text; ``ValueError`` saying what it is not.
 
@@ -328,13 +341,7 @@ class Journal:
         Cancelling the caller never cancels the write: it is waited for, then the
         cancellation goes on.
         """
-        future = asyncio.wrap_future(self._queue(item, index, event, fields))
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.shield(future)
-            raise
+        await finish_first(asyncio.wrap_future(self._queue(item, index, event, fields)))
 
     def append_soon(self, item: ItemKey, index: int, event: str, **fields: Any) -> None:
         """Queue one record without waiting (for code that cannot await: cancellation paths).

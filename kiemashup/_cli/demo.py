@@ -218,7 +218,7 @@ async def _run_demo(
         summary["callbacks_received"] = receiver.accepted
         out.write(
             f"\n{plural(count, 'mashup')}, {plural(client.requests_sent, 'API request')}, "
-            f"{plural(receiver.accepted, 'callback')} in {display.elapsed:.1f}s; "
-            f"tracks downloaded to {out_dir}\n"
+            f"{plural(receiver.accepted, 'callback')} in {display.elapsed:.1f}s\n"
+            f"tracks downloaded to {out_dir}\n"  # its own line: a path fits 80 columns
         )
     return summary

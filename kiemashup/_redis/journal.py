@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from kiemashup._core.errors import JournalError
-from kiemashup._journal import Entry, ItemKey, read_record
+from kiemashup._journal import Entry, ItemKey, finish_first, read_record
 
 if TYPE_CHECKING:
     from kiemashup.redis import RedisBackend
@@ -207,13 +207,9 @@ class RedisJournal:
         Cancelling the caller never cancels the write: it is waited for first.
         """
         line = self._record(item, index, event, fields)
-        write = asyncio.ensure_future(self._write(item, line, event, fields.get("task")))
-        try:
-            await asyncio.shield(write)
-        except asyncio.CancelledError:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.shield(write)
-            raise
+        await finish_first(
+            asyncio.ensure_future(self._write(item, line, event, fields.get("task")))
+        )
 
     def append_soon(self, item: ItemKey, index: int, event: str, **fields: Any) -> None:
         """Queue one record (cancellation paths); written before ``aclose`` returns."""
